@@ -1,0 +1,2 @@
+//! TODO
+#![allow(dead_code)]

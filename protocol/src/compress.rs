@@ -1,0 +1,75 @@
+//! Chunk compression: zstd where it pays, raw where it does not (fp16/bf16 weights barely
+//! compress, and compressing them would make the CPU the bottleneck). Decompression is bounded
+//! by the declared raw length, itself bounded by the frame limit.
+
+use crate::codec::MAX_CHUNK;
+use crate::error::{Error, Result};
+
+/// zstd level for chunk data: fast, and most of the gain on source text and object files.
+pub const LEVEL: i32 = 1;
+
+/// Compress `raw`; `None` when the result would not be at least 1/16 smaller.
+pub fn compress(raw: &[u8]) -> Option<Vec<u8>> {
+    if raw.len() < 64 {
+        return None;
+    }
+    let out = zstd::bulk::compress(raw, LEVEL).ok()?;
+    (out.len() < raw.len() - raw.len() / 16).then_some(out)
+}
+
+/// Decompress a payload that must expand to exactly `raw_len` bytes.
+pub fn decompress(payload: &[u8], raw_len: u32) -> Result<Vec<u8>> {
+    let raw_len = raw_len as usize;
+    if raw_len > MAX_CHUNK {
+        return Err(Error::Protocol(format!("chunk of {raw_len} bytes is over the limit")));
+    }
+    let out = zstd::bulk::decompress(payload, raw_len)
+        .map_err(|e| Error::Protocol(format!("corrupt compressed chunk: {e}")))?;
+    if out.len() != raw_len {
+        return Err(Error::Protocol(format!(
+            "chunk decompressed to {} bytes, {} declared",
+            out.len(),
+            raw_len
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_compresses_and_round_trips() {
+        let text = "def train(model, epochs):\n    return model\n".repeat(500);
+        let c = compress(text.as_bytes()).expect("text compresses");
+        assert!(c.len() < text.len() / 4);
+        assert_eq!(decompress(&c, text.len() as u32).unwrap(), text.as_bytes());
+    }
+
+    #[test]
+    fn random_data_travels_raw() {
+        let mut x = 1u64;
+        let data: Vec<u8> = (0..65536)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect();
+        assert!(compress(&data).is_none());
+    }
+
+    #[test]
+    fn bomb_and_lies_are_refused() {
+        let zeros = vec![0u8; MAX_CHUNK];
+        let c = compress(&zeros).unwrap();
+        // Declares less than it expands to.
+        assert!(decompress(&c, 1000).is_err());
+        // Declares more than the limit.
+        assert!(decompress(&c, (MAX_CHUNK + 1) as u32).is_err());
+        // Declares more than it expands to.
+        let small = compress(&[b'a'; 1000]).unwrap();
+        assert!(decompress(&small, 2000).is_err());
+        assert!(decompress(b"not zstd at all", 100).is_err());
+    }
+}

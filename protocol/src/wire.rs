@@ -1,0 +1,179 @@
+//! Every type that crosses a process boundary: protocol messages and the persisted index and
+//! state files. Nothing outside this module derives `Serialize`/`Deserialize`. Changing any type
+//! here changes the format: bump [`PROTOCOL_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the wire protocol and of the persisted formats. Both peers must agree exactly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Written by the agent on stdout before any frame, so the client can skip shell noise that a
+/// login script printed before the agent started.
+pub const MAGIC: &[u8; 12] = b"\x00MTR-AGENT\x01\n";
+
+/// A BLAKE3 hash.
+pub type Hash = [u8; 32];
+
+/// What a path in a tree is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// A directory (every directory is listed, so empty ones survive).
+    Dir,
+    /// A regular file. `digest` is the hash of its chunk list (see `chunker::file_digest`).
+    File {
+        size: u64,
+        /// Permission bits (`mode & 0o777`).
+        mode: u32,
+        mtime_ns: i64,
+        digest: Hash,
+    },
+    /// A symbolic link, kept as a link; its target is never followed.
+    Symlink { target: String },
+}
+
+/// One path of a tree, relative to its root, `/`-separated, valid UTF-8.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub path: String,
+    pub kind: EntryKind,
+}
+
+/// One chunk of a file: its hash and length. Offsets follow from the order.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkSpec {
+    pub hash: Hash,
+    pub len: u32,
+}
+
+/// A change the source asks the sink to make.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Create or update `entry`. For files whose content the sink may not hold, `chunks` lists
+    /// the chunks in order; `None` means "content unchanged, update metadata".
+    Upsert {
+        entry: Entry,
+        chunks: Option<Vec<ChunkSpec>>,
+    },
+    /// Delete a path the sink wrote earlier (a directory only once it is empty of mtr's files).
+    Delete { path: String },
+}
+
+/// Source → sink messages.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ToSink {
+    /// First message. `root` is the sink's root directory (remote_dir); `~/` is expanded there.
+    Hello {
+        protocol: u32,
+        version: String,
+        root: String,
+        chunker: ChunkerId,
+    },
+    /// Ask the sink for every entry it holds (answered by `IndexBatch`* then `IndexEnd`).
+    ListIndex,
+    /// A batch of changes; answered by `Need`.
+    Ops { ops: Vec<Op> },
+    /// All chunks the last `Need` asked for have been sent (as data frames).
+    DataEnd,
+    /// Make the sync durable and report the new tree token.
+    Commit,
+    /// End of session.
+    Bye,
+}
+
+/// Sink → source messages.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum FromSink {
+    HelloAck {
+        protocol: u32,
+        version: String,
+        /// Absolute path of the root on the sink.
+        root: String,
+        /// Token of the tree as of the last commit, if the sink has one.
+        token: Option<Hash>,
+        /// Paths the sink wrote whose stat no longer matches what it recorded (changed or removed
+        /// on the sink's side since).
+        dirty: Vec<String>,
+    },
+    IndexBatch { entries: Vec<Entry> },
+    IndexEnd,
+    /// The chunks of the last `Ops` batch the sink lacks, in the order it wants them.
+    Need { hashes: Vec<Hash> },
+    /// The data of the last batch is in place.
+    BatchDone,
+    Committed { token: Hash, stats: SinkStats },
+    /// A fatal error; the session ends after it.
+    Error { message: String },
+}
+
+/// What the sink did, for the client's summary.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkStats {
+    pub files_written: u64,
+    pub bytes_written: u64,
+    pub bytes_copied_locally: u64,
+    pub bytes_received: u64,
+    pub deleted: u64,
+}
+
+/// Which chunking parameters a peer uses; both must agree for chunk hashes to match.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkerId {
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+}
+
+/// The sink's persisted record of a path it wrote.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SinkRecord {
+    pub entry: Entry,
+    /// Chunks of a file (empty for dirs and symlinks).
+    pub chunks: Vec<ChunkSpec>,
+    /// Stat of the file as the sink left it; a mismatch means someone else changed it.
+    pub stat: StatKey,
+}
+
+/// The fields of `stat` that tell whether a file changed since it was recorded.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StatKey {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+}
+
+/// The sink's persisted state (`<root>/.mtr-sync/index`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct SinkIndex {
+    pub protocol: u32,
+    pub token: Option<Hash>,
+    pub records: Vec<SinkRecord>,
+}
+
+/// The source's persisted chunk index for one local tree: stat → chunks, so unchanged files are
+/// never re-read.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct SourceIndex {
+    pub protocol: u32,
+    pub chunker: Option<ChunkerId>,
+    /// When the scan that produced this index started; entries whose mtime is not clearly
+    /// older are re-hashed next time (a write in the same clock tick would be invisible).
+    pub scanned_at_ns: i64,
+    pub files: Vec<SourceIndexEntry>,
+}
+
+/// One file of a [`SourceIndex`].
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct SourceIndexEntry {
+    pub path: String,
+    pub stat: StatKey,
+    pub chunks: Vec<ChunkSpec>,
+}
+
+/// What the source remembers of a destination: the tree the sink acknowledged last.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct SyncState {
+    pub protocol: u32,
+    pub token: Option<Hash>,
+    pub entries: Vec<Entry>,
+}
