@@ -94,7 +94,13 @@ impl<W: Write> FrameWriter<W> {
     }
 
     /// Queue a data frame.
-    pub fn data(&mut self, hash: &Hash, compressed: bool, raw_len: u32, payload: &[u8]) -> Result<()> {
+    pub fn data(
+        &mut self,
+        hash: &Hash,
+        compressed: bool,
+        raw_len: u32,
+        payload: &[u8],
+    ) -> Result<()> {
         if payload.len() > MAX_CHUNK || raw_len as usize > MAX_CHUNK {
             return Err(Error::Protocol(format!(
                 "chunk of {} bytes exceeds the limit",
@@ -295,7 +301,10 @@ mod tests {
             w.msg(&ToSink::Bye).unwrap();
         });
         let mut r = FrameReader::new(&bytes[..]);
-        assert!(matches!(r.next::<ToSink>().unwrap(), Some(Frame::Msg(ToSink::ListIndex))));
+        assert!(matches!(
+            r.next::<ToSink>().unwrap(),
+            Some(Frame::Msg(ToSink::ListIndex))
+        ));
         match r.next::<ToSink>().unwrap() {
             Some(Frame::Data(d)) => {
                 assert_eq!(d.hash, [9; 32]);

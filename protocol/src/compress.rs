@@ -21,7 +21,9 @@ pub fn compress(raw: &[u8]) -> Option<Vec<u8>> {
 pub fn decompress(payload: &[u8], raw_len: u32) -> Result<Vec<u8>> {
     let raw_len = raw_len as usize;
     if raw_len > MAX_CHUNK {
-        return Err(Error::Protocol(format!("chunk of {raw_len} bytes is over the limit")));
+        return Err(Error::Protocol(format!(
+            "chunk of {raw_len} bytes is over the limit"
+        )));
     }
     let out = zstd::bulk::decompress(payload, raw_len)
         .map_err(|e| Error::Protocol(format!("corrupt compressed chunk: {e}")))?;
@@ -52,7 +54,9 @@ mod tests {
         let mut x = 1u64;
         let data: Vec<u8> = (0..65536)
             .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (x >> 56) as u8
             })
             .collect();

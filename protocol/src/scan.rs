@@ -1,1 +1,491 @@
-//! TODO
+//! The local tree scan: a parallel walk that applies the exclusion rules, and chunk lists for
+//! every file, reused from the stat-validated [`SourceIndex`] so unchanged files are never read.
+//!
+//! Exclusion rules ([`Filter`]) are the one rule source for what is synced: `.mtr/` and
+//! `.mtr-sync/` at the root always, the configured gitignore-style `exclude` patterns,
+//! `.gitignore` files at every level when `respect_gitignore` is on, and `.mtrignore` files.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use ignore::Match;
+use rayon::prelude::*;
+
+use crate::chunker::{ChunkRef, Chunker};
+use crate::error::{Error, IoContext, Result};
+use crate::paths::{CONFIG_DIR, STATE_DIR};
+use crate::wire::{ChunkSpec, EntryKind, SourceIndex, SourceIndexEntry, StatKey, PROTOCOL_VERSION};
+
+/// Files at least this large are memory-mapped instead of read.
+const MMAP_MIN: u64 = 1 << 20;
+/// Name of mtr's own ignore file, honoured at every level.
+pub const MTRIGNORE: &str = ".mtrignore";
+
+/// What to leave out of a scan.
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// gitignore-style patterns, anchored at the root.
+    pub excludes: Vec<String>,
+    /// Honour `.gitignore` files at every level.
+    pub respect_gitignore: bool,
+}
+
+/// Decides whether a path is excluded. Cheap to share between threads.
+pub struct Filter {
+    root: PathBuf,
+    excludes: Gitignore,
+    respect_gitignore: bool,
+    dirs: Mutex<HashMap<String, Arc<Vec<Gitignore>>>>,
+}
+
+impl Filter {
+    /// Build the filter for `root`. Bad patterns are errors naming the pattern.
+    pub fn new(root: &Path, opts: &ScanOptions) -> Result<Filter> {
+        let mut b = GitignoreBuilder::new(root);
+        for pat in &opts.excludes {
+            b.add_line(None, pat)
+                .map_err(|e| Error::Conflict(format!("bad exclude pattern {pat:?}: {e}")))?;
+        }
+        let excludes = b
+            .build()
+            .map_err(|e| Error::Conflict(format!("bad exclude patterns: {e}")))?;
+        Ok(Filter {
+            root: root.to_path_buf(),
+            excludes,
+            respect_gitignore: opts.respect_gitignore,
+            dirs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Ignore files of directory `dir` (relative, "" for the root), loaded once.
+    fn dir_rules(&self, dir: &str) -> Arc<Vec<Gitignore>> {
+        if let Some(r) = self.dirs.lock().unwrap().get(dir) {
+            return r.clone();
+        }
+        let abs = if dir.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(dir)
+        };
+        let mut rules = Vec::new();
+        let names: &[&str] = if self.respect_gitignore {
+            &[".gitignore", MTRIGNORE]
+        } else {
+            &[MTRIGNORE]
+        };
+        for name in names {
+            let f = abs.join(name);
+            if f.is_file() {
+                let mut b = GitignoreBuilder::new(&abs);
+                if b.add(&f).is_none() {
+                    if let Ok(g) = b.build() {
+                        rules.push(g);
+                    }
+                } else {
+                    log::warn!("some lines of {} could not be parsed", f.display());
+                    if let Ok(g) = b.build() {
+                        rules.push(g);
+                    }
+                }
+            }
+        }
+        let rules = Arc::new(rules);
+        self.dirs
+            .lock()
+            .unwrap()
+            .insert(dir.to_string(), rules.clone());
+        rules
+    }
+
+    /// Is `rel` excluded, given that its parent directories are not?
+    pub fn excluded_here(&self, rel: &str, is_dir: bool) -> bool {
+        if !rel.contains('/') && (rel == CONFIG_DIR || rel == STATE_DIR) {
+            return true;
+        }
+        let abs = self.root.join(rel);
+        if self.excludes.matched(&abs, is_dir).is_ignore() {
+            return true;
+        }
+        // Deeper ignore files take precedence; within one file the last match wins.
+        let mut dir = rel;
+        loop {
+            dir = match dir.rfind('/') {
+                Some(i) => &dir[..i],
+                None if dir.is_empty() => break,
+                None => "",
+            };
+            let rules = self.dir_rules(dir);
+            for g in rules.iter().rev() {
+                match g.matched(&abs, is_dir) {
+                    Match::Ignore(_) => return true,
+                    Match::Whitelist(_) => return false,
+                    Match::None => {}
+                }
+            }
+            if dir.is_empty() {
+                break;
+            }
+        }
+        false
+    }
+
+    /// Is `rel` or any of its parent directories excluded?
+    pub fn excluded(&self, rel: &str, is_dir: bool) -> bool {
+        let mut end = 0;
+        while let Some(i) = rel[end..].find('/') {
+            if self.excluded_here(&rel[..end + i], true) {
+                return true;
+            }
+            end += i + 1;
+        }
+        self.excluded_here(rel, is_dir)
+    }
+}
+
+/// A scanned tree: entries in path order and the chunks of every file.
+#[derive(Debug, Default)]
+pub struct Tree {
+    pub entries: std::collections::BTreeMap<String, EntryKind>,
+    pub chunks: HashMap<String, Vec<ChunkRef>>,
+    /// Things skipped with a reason (special files, non-UTF-8 names).
+    pub warnings: Vec<String>,
+    /// Bytes read and hashed in this scan (0 when every file was in the index).
+    pub bytes_hashed: u64,
+    pub files_hashed: u64,
+}
+
+/// Progress callbacks; all optional.
+pub trait Progress: Sync {
+    /// A new phase starts (`scan`, `hash`, `send`); `total` is in its unit (0 if unknown).
+    fn phase(&self, _name: &'static str, _total: u64) {}
+    /// Work done in the current phase.
+    fn advance(&self, _n: u64) {}
+}
+
+/// A progress sink that ignores everything.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+enum Item {
+    Dir(String),
+    File(String, StatKey, u32),
+    Symlink(String, String),
+    Skipped(String),
+}
+
+fn stat_key(m: &std::fs::Metadata) -> StatKey {
+    StatKey {
+        size: m.len(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        ino: m.ino(),
+    }
+}
+
+/// The stat key of a file's metadata (shared with the sink).
+pub fn stat_of(m: &std::fs::Metadata) -> StatKey {
+    stat_key(m)
+}
+
+fn walk(root: &Path, rel_dir: &str, filter: &Filter, progress: &dyn Progress) -> Result<Vec<Item>> {
+    let abs = if rel_dir.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel_dir)
+    };
+    let rd = std::fs::read_dir(&abs).ctx("read directory", &abs)?;
+    let mut items = Vec::new();
+    let mut subdirs = Vec::new();
+    for de in rd {
+        let de = de.ctx("read directory", &abs)?;
+        let name = de.file_name();
+        let Some(name) = name.to_str() else {
+            items.push(Item::Skipped(format!(
+                "{}: name is not valid UTF-8",
+                abs.join(de.file_name()).display()
+            )));
+            continue;
+        };
+        let rel = if rel_dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel_dir}/{name}")
+        };
+        let path = de.path();
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("stat", &path, e)),
+        };
+        let ft = meta.file_type();
+        if filter.excluded_here(&rel, ft.is_dir()) {
+            continue;
+        }
+        if ft.is_dir() {
+            subdirs.push(rel.clone());
+            items.push(Item::Dir(rel));
+        } else if ft.is_file() {
+            items.push(Item::File(
+                rel,
+                stat_key(&meta),
+                meta.permissions().mode() & 0o777,
+            ));
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&path).ctx("read symlink", &path)?;
+            match target.to_str() {
+                Some(t) => items.push(Item::Symlink(rel, t.to_string())),
+                None => items.push(Item::Skipped(format!(
+                    "{}: symlink target is not valid UTF-8",
+                    path.display()
+                ))),
+            }
+        } else {
+            items.push(Item::Skipped(format!(
+                "{}: not a regular file, directory or symlink (fifo, socket or device)",
+                path.display()
+            )));
+        }
+    }
+    progress.advance(items.len() as u64);
+    let nested: Vec<Result<Vec<Item>>> = subdirs
+        .par_iter()
+        .map(|d| walk(root, d, filter, progress))
+        .collect();
+    for n in nested {
+        items.extend(n?);
+    }
+    Ok(items)
+}
+
+/// Read and chunk one file, checking it did not change while being read.
+pub fn chunk_file(path: &Path, expected: &StatKey, chunker: &Chunker) -> Result<Vec<ChunkRef>> {
+    for _attempt in 0..2 {
+        let f = File::open(path).ctx("open", path)?;
+        let before = stat_key(&f.metadata().ctx("stat", path)?);
+        let chunks = if before.size == 0 {
+            Vec::new()
+        } else if before.size >= MMAP_MIN {
+            // SAFETY: the map is read-only and dropped before we return; a concurrent writer can
+            // change the bytes under us, which the stat comparison below detects.
+            let map = unsafe { memmap2::Mmap::map(&f) }.ctx("map", path)?;
+            chunker.chunk(&map)
+        } else {
+            let mut buf = Vec::with_capacity(before.size as usize);
+            std::io::Read::read_to_end(&mut &f, &mut buf).ctx("read", path)?;
+            if buf.len() as u64 != before.size {
+                continue;
+            }
+            chunker.chunk(&buf)
+        };
+        let after = stat_key(&std::fs::symlink_metadata(path).ctx("stat", path)?);
+        if after == before && before.mtime_ns == expected.mtime_ns && before.size == expected.size {
+            return Ok(chunks);
+        }
+    }
+    Err(Error::Changed(path.to_path_buf()))
+}
+
+/// Scan `root`: walk it with `filter`, reuse chunk lists from `index` for files whose stat is
+/// unchanged, chunk the rest on all cores. Returns the tree and the new index.
+pub fn scan(
+    root: &Path,
+    filter: &Filter,
+    index: Option<&SourceIndex>,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+) -> Result<(Tree, SourceIndex)> {
+    let started = now_ns();
+    progress.phase("scan", 0);
+    let items = walk(root, "", filter, progress)?;
+
+    let known: HashMap<&str, &SourceIndexEntry> = match index {
+        Some(ix) if ix.protocol == PROTOCOL_VERSION && ix.chunker == Some(chunker.id()) => {
+            ix.files.iter().map(|e| (e.path.as_str(), e)).collect()
+        }
+        _ => HashMap::new(),
+    };
+    // A file modified within this window of the last scan could have changed without its
+    // mtime changing (same clock tick): hash it again.
+    let trusted_before = index
+        .map(|i| i.scanned_at_ns - 2_000_000_000)
+        .unwrap_or(i64::MIN);
+
+    let mut tree = Tree::default();
+    let mut to_hash: Vec<(String, StatKey)> = Vec::new();
+    let mut reused: Vec<(String, StatKey, Vec<ChunkSpec>)> = Vec::new();
+    let mut modes = HashMap::new();
+    for it in items {
+        match it {
+            Item::Dir(p) => {
+                tree.entries.insert(p, EntryKind::Dir);
+            }
+            Item::Symlink(p, t) => {
+                tree.entries.insert(p, EntryKind::Symlink { target: t });
+            }
+            Item::Skipped(w) => tree.warnings.push(w),
+            Item::File(p, st, mode) => {
+                modes.insert(p.clone(), mode);
+                match known.get(p.as_str()) {
+                    Some(e) if e.stat == st && st.mtime_ns < trusted_before => {
+                        reused.push((p, st, e.chunks.clone()))
+                    }
+                    _ => to_hash.push((p, st)),
+                }
+            }
+        }
+    }
+
+    let total: u64 = to_hash.iter().map(|(_, s)| s.size).sum();
+    progress.phase("hash", total);
+    // Big files first so the cores stay busy to the end.
+    to_hash.sort_by(|a, b| b.1.size.cmp(&a.1.size));
+    let hashed: Vec<Result<(String, StatKey, Vec<ChunkRef>)>> = to_hash
+        .into_par_iter()
+        .map(|(p, st)| {
+            let abs = root.join(&p);
+            let chunks = chunk_file(&abs, &st, chunker)?;
+            progress.advance(st.size);
+            let st = stat_key(&std::fs::symlink_metadata(&abs).ctx("stat", &abs)?);
+            Ok((p, st, chunks))
+        })
+        .collect();
+
+    let mut new_index = SourceIndex {
+        protocol: PROTOCOL_VERSION,
+        chunker: Some(chunker.id()),
+        scanned_at_ns: started,
+        files: Vec::new(),
+    };
+    let mut add = |tree: &mut Tree, p: String, st: StatKey, chunks: Vec<ChunkRef>| {
+        let specs = crate::chunker::specs(&chunks);
+        tree.entries.insert(
+            p.clone(),
+            EntryKind::File {
+                size: st.size,
+                mode: modes[&p],
+                mtime_ns: st.mtime_ns,
+                digest: crate::chunker::file_digest(&specs),
+            },
+        );
+        new_index.files.push(SourceIndexEntry {
+            path: p.clone(),
+            stat: st,
+            chunks: specs,
+        });
+        tree.chunks.insert(p, chunks);
+    };
+    for h in hashed {
+        let (p, st, chunks) = h?;
+        tree.bytes_hashed += st.size;
+        tree.files_hashed += 1;
+        add(&mut tree, p, st, chunks);
+    }
+    for (p, st, specs) in reused {
+        let mut off = 0u64;
+        let chunks = specs
+            .iter()
+            .map(|c| {
+                let r = ChunkRef {
+                    offset: off,
+                    len: c.len,
+                    hash: c.hash,
+                };
+                off += c.len as u64;
+                r
+            })
+            .collect();
+        add(&mut tree, p, st, chunks);
+    }
+    Ok((tree, new_index))
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn filter(root: &Path, excludes: &[&str], gitignore: bool) -> Filter {
+        Filter::new(
+            root,
+            &ScanOptions {
+                excludes: excludes.iter().map(|s| s.to_string()).collect(),
+                respect_gitignore: gitignore,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn excludes_gitignore_and_mtrignore_apply_at_every_level() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir_all(r.join("src/build")).unwrap();
+        fs::create_dir_all(r.join(".mtr")).unwrap();
+        fs::write(r.join(".gitignore"), "*.log\n").unwrap();
+        fs::write(r.join("src/.gitignore"), "build/\n!keep.log\n").unwrap();
+        fs::write(r.join(".mtrignore"), "secret.txt\n").unwrap();
+        let f = filter(r, &["__pycache__/", "*.pyc"], true);
+        assert!(f.excluded("a.log", false));
+        assert!(!f.excluded("src/keep.log", false));
+        assert!(f.excluded("src/build", true));
+        assert!(f.excluded("src/build/x.o", false));
+        assert!(f.excluded("x/__pycache__/m.pyc", false));
+        assert!(f.excluded("m.pyc", false));
+        assert!(f.excluded("secret.txt", false));
+        assert!(f.excluded(".mtr", true));
+        assert!(f.excluded(".mtr/config.yaml", false));
+        assert!(!f.excluded("src/main.py", false));
+        let f = filter(r, &[], false);
+        assert!(!f.excluded("a.log", false));
+        assert!(f.excluded("secret.txt", false));
+    }
+
+    #[test]
+    fn unchanged_files_are_not_read_again() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir_all(r.join("a/empty")).unwrap();
+        fs::write(r.join("a/x.py"), "print(1)\n").unwrap();
+        std::os::unix::fs::symlink("x.py", r.join("a/link")).unwrap();
+        let f = filter(r, &[], true);
+        let c = Chunker::default();
+        let (t1, mut ix) = scan(r, &f, None, &c, &NoProgress).unwrap();
+        assert_eq!(t1.files_hashed, 1);
+        assert!(matches!(t1.entries["a/empty"], EntryKind::Dir));
+        assert!(matches!(&t1.entries["a/link"], EntryKind::Symlink { target } if target == "x.py"));
+        // Pretend the last scan was long ago so the mtime is not "racy".
+        ix.scanned_at_ns += 10_000_000_000;
+        let (t2, _) = scan(r, &f, Some(&ix), &c, &NoProgress).unwrap();
+        assert_eq!(t2.files_hashed, 0);
+        assert_eq!(t1.entries, t2.entries);
+        // A racily-clean entry (modified right before the scan) is hashed again.
+        ix.scanned_at_ns -= 10_000_000_000;
+        let (t3, _) = scan(r, &f, Some(&ix), &c, &NoProgress).unwrap();
+        assert_eq!(t3.files_hashed, 1);
+    }
+
+    #[test]
+    fn special_files_are_skipped_with_a_warning() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("pipe");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let f = filter(d.path(), &[], false);
+        let (t, _) = scan(d.path(), &f, None, &Chunker::default(), &NoProgress).unwrap();
+        assert!(t.entries.is_empty());
+        assert_eq!(t.warnings.len(), 1);
+        assert!(t.warnings[0].contains("pipe"), "{:?}", t.warnings);
+    }
+}

@@ -56,6 +56,9 @@ pub enum Op {
     },
     /// Delete a path the sink wrote earlier (a directory only once it is empty of mtr's files).
     Delete { path: String },
+    /// Stop tracking a path the sink wrote earlier without touching it (it became excluded:
+    /// excluded paths are neither sent nor deleted).
+    Forget { path: String },
 }
 
 /// Source → sink messages.
@@ -94,15 +97,24 @@ pub enum FromSink {
         /// on the sink's side since).
         dirty: Vec<String>,
     },
-    IndexBatch { entries: Vec<Entry> },
+    IndexBatch {
+        entries: Vec<Entry>,
+    },
     IndexEnd,
     /// The chunks of the last `Ops` batch the sink lacks, in the order it wants them.
-    Need { hashes: Vec<Hash> },
+    Need {
+        hashes: Vec<Hash>,
+    },
     /// The data of the last batch is in place.
     BatchDone,
-    Committed { token: Hash, stats: SinkStats },
+    Committed {
+        token: Hash,
+        stats: SinkStats,
+    },
     /// A fatal error; the session ends after it.
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// What the sink did, for the client's summary.

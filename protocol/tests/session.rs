@@ -1,0 +1,374 @@
+//! Both roles of a sync session in one process over a socket pair: random trees, every kind of
+//! mutation, and the sink's tree compared with the source's after each sync.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use protocol::chunker::Chunker;
+use protocol::codec::{FrameReader, FrameWriter};
+use protocol::scan::{Filter, NoProgress, ScanOptions};
+use protocol::source::{self, Report, SourceConfig};
+
+const VERSION: &str = "test";
+
+struct Pair {
+    src: tempfile::TempDir,
+    dst: tempfile::TempDir,
+    state: tempfile::TempDir,
+    excludes: Vec<String>,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        Pair {
+            src: tempfile::tempdir().unwrap(),
+            dst: tempfile::tempdir().unwrap(),
+            state: tempfile::tempdir().unwrap(),
+            excludes: Vec::new(),
+        }
+    }
+    fn src(&self) -> &Path {
+        self.src.path()
+    }
+    fn dst(&self) -> &Path {
+        self.dst.path()
+    }
+
+    fn try_sync(&self, dry_run: bool) -> protocol::Result<Report> {
+        let (a, b) = UnixStream::pair().unwrap();
+        let dst = self.dst().to_path_buf();
+        let sink = std::thread::spawn(move || {
+            let r = b.try_clone().unwrap();
+            protocol::sink::serve(r, b, VERSION)
+        });
+        let mut r = FrameReader::new(a.try_clone().unwrap());
+        let mut w = FrameWriter::new(a);
+        let ack = source::handshake(&mut r, &mut w, dst.to_str().unwrap(), VERSION)?;
+        let filter = Filter::new(
+            self.src(),
+            &ScanOptions {
+                excludes: self.excludes.clone(),
+                respect_gitignore: true,
+            },
+        )?;
+        let cfg = SourceConfig {
+            root: self.src(),
+            filter: &filter,
+            chunker: Chunker::default(),
+            index_path: self.state.path().join("index"),
+            state_path: self.state.path().join("state"),
+            dry_run,
+        };
+        let report = source::sync(&mut r, &mut w, &ack, &cfg, &NoProgress);
+        let _ = source::bye(&mut w);
+        drop(w);
+        let sink_result = sink.join().unwrap();
+        let report = report?;
+        sink_result?;
+        Ok(report)
+    }
+
+    fn sync(&self) -> Report {
+        let r = self.try_sync(false).unwrap();
+        assert_trees_equal(self.src(), self.dst(), &self.excludes);
+        r
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Node {
+    Dir,
+    File(Vec<u8>, u32, i64),
+    Link(PathBuf),
+}
+
+fn snapshot(root: &Path, skip: &[&str]) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, rel: &str, skip: &[&str], out: &mut BTreeMap<String, Node>) {
+        let dir = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(rel)
+        };
+        for de in fs::read_dir(&dir).unwrap() {
+            let de = de.unwrap();
+            let name = de.file_name().into_string().unwrap();
+            let r = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            if skip.contains(&r.as_str()) {
+                continue;
+            }
+            let m = fs::symlink_metadata(de.path()).unwrap();
+            if m.file_type().is_symlink() {
+                out.insert(r, Node::Link(fs::read_link(de.path()).unwrap()));
+            } else if m.is_dir() {
+                out.insert(r.clone(), Node::Dir);
+                walk(root, &r, skip, out);
+            } else {
+                use std::os::unix::fs::MetadataExt;
+                let mtime = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+                out.insert(
+                    r,
+                    Node::File(
+                        fs::read(de.path()).unwrap(),
+                        m.permissions().mode() & 0o777,
+                        mtime,
+                    ),
+                );
+            }
+        }
+    }
+    walk(root, "", skip, &mut out);
+    out
+}
+
+fn assert_trees_equal(src: &Path, dst: &Path, excludes: &[String]) {
+    let mut skip = vec![".mtr", ".mtr-sync"];
+    skip.extend(excludes.iter().map(|s| s.as_str()));
+    let a = snapshot(src, &skip);
+    let b = snapshot(dst, &skip);
+    for (k, v) in &a {
+        assert_eq!(Some(v), b.get(k), "{k} differs");
+    }
+    for k in b.keys() {
+        assert!(a.contains_key(k), "{k} exists only on the sink");
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| (self.next() >> 32) as u8).collect()
+    }
+}
+
+fn random_tree(root: &Path, rng: &mut Rng, files: usize) {
+    let dirs = ["", "src", "src/model", "data", "ünïcødé 目录", "build/obj"];
+    for d in dirs {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for i in 0..files {
+        let d = dirs[rng.below(dirs.len() as u64) as usize];
+        let size = match rng.below(10) {
+            0 => 0,
+            1..=6 => rng.below(4000) as usize,
+            7 | 8 => rng.below(200_000) as usize,
+            _ => 300_000 + rng.below(700_000) as usize,
+        };
+        let p = root.join(d).join(format!("f{i}.bin"));
+        fs::write(&p, rng.bytes(size)).unwrap();
+    }
+    fs::create_dir_all(root.join("empty/nested")).unwrap();
+    std::os::unix::fs::symlink("../src", root.join("data/link-to-src")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    age_files(root);
+}
+
+/// Give every file an mtime well in the past, as files a user did not just edit have (files
+/// modified within the index's racy window are re-read on purpose).
+fn age_files(root: &Path) {
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for e in walk_files(root) {
+        fs::File::options()
+            .write(true)
+            .open(&e)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+}
+
+fn walk_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for de in fs::read_dir(root).unwrap() {
+        let de = de.unwrap();
+        let ft = de.file_type().unwrap();
+        if ft.is_dir() {
+            out.extend(walk_files(&de.path()));
+        } else if ft.is_file() {
+            out.push(de.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn first_sync_then_noop_sends_no_data() {
+    let p = Pair::new();
+    random_tree(p.src(), &mut Rng(1), 60);
+    let r1 = p.sync();
+    assert!(!r1.no_op);
+    assert!(r1.chunks_sent > 0);
+    let r2 = p.sync();
+    assert!(r2.no_op, "second sync should be a no-op: {:?}", r2.plan);
+    assert_eq!(r2.chunks_sent, 0);
+    assert_eq!(r2.files_hashed, 0, "unchanged files must not be re-read");
+}
+
+#[test]
+fn every_mutation_kind_converges() {
+    let p = Pair::new();
+    let mut rng = Rng(2);
+    random_tree(p.src(), &mut rng, 40);
+    p.sync();
+    let s = p.src();
+    // edit
+    fs::write(s.join("src/edited.py"), "print('v1')\n").unwrap();
+    p.sync();
+    fs::write(s.join("src/edited.py"), "print('v2')\n").unwrap();
+    p.sync();
+    // add a big file, then insert bytes at its head
+    let big = rng.bytes(3 << 20);
+    fs::write(s.join("data/big.bin"), &big).unwrap();
+    p.sync();
+    let mut edited = b"HEADER".to_vec();
+    edited.extend_from_slice(&big);
+    fs::write(s.join("data/big.bin"), &edited).unwrap();
+    let r = p.sync();
+    assert!(
+        r.raw_bytes_sent < 600_000,
+        "head insertion sent {} bytes",
+        r.raw_bytes_sent
+    );
+    // rename a directory: content is copied on the sink, not resent
+    fs::rename(s.join("data"), s.join("data2")).unwrap();
+    let r = p.sync();
+    assert_eq!(r.raw_bytes_sent, 0, "a renamed directory resent data");
+    // chmod +x
+    fs::set_permissions(s.join("src/edited.py"), fs::Permissions::from_mode(0o755)).unwrap();
+    let r = p.sync();
+    assert_eq!(r.raw_bytes_sent, 0);
+    // symlink changes target; empty dir; unicode name
+    fs::remove_file(s.join("dangling")).unwrap();
+    std::os::unix::fs::symlink("src/edited.py", s.join("dangling")).unwrap();
+    fs::create_dir_all(s.join("new/empty/dir")).unwrap();
+    fs::write(s.join("ünïcødé 目录/ファイル.txt"), "こんにちは").unwrap();
+    p.sync();
+    // file -> dir and dir -> file
+    fs::remove_file(s.join("src/edited.py")).unwrap();
+    fs::create_dir_all(s.join("src/edited.py/inner")).unwrap();
+    fs::write(s.join("src/edited.py/inner/x"), "x").unwrap();
+    fs::remove_dir_all(s.join("new")).unwrap();
+    fs::write(s.join("new"), "now a file").unwrap();
+    p.sync();
+    // symlink -> file, file -> symlink
+    fs::remove_file(s.join("dangling")).unwrap();
+    fs::write(s.join("dangling"), "file now").unwrap();
+    p.sync();
+    // delete everything
+    for e in fs::read_dir(s).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            fs::remove_dir_all(e.path()).unwrap();
+        } else {
+            fs::remove_file(e.path()).unwrap();
+        }
+    }
+    p.sync();
+}
+
+#[test]
+fn remote_created_files_survive_and_deleted_files_go() {
+    let p = Pair::new();
+    fs::create_dir_all(p.src().join("out")).unwrap();
+    fs::write(p.src().join("train.py"), "x").unwrap();
+    fs::write(p.src().join("out/keep.txt"), "x").unwrap();
+    p.sync();
+    fs::write(p.dst().join("out/checkpoint.pt"), "remote work").unwrap();
+    fs::write(p.dst().join("log.txt"), "remote log").unwrap();
+    fs::remove_dir_all(p.src().join("out")).unwrap();
+    p.try_sync(false).unwrap();
+    assert_eq!(
+        fs::read(p.dst().join("out/checkpoint.pt")).unwrap(),
+        b"remote work"
+    );
+    assert_eq!(fs::read(p.dst().join("log.txt")).unwrap(), b"remote log");
+    assert!(!p.dst().join("out/keep.txt").exists());
+    assert!(p.dst().join("train.py").exists());
+}
+
+#[test]
+fn a_file_changed_on_the_sink_is_restored() {
+    let p = Pair::new();
+    fs::write(p.src().join("a.py"), "original").unwrap();
+    p.sync();
+    fs::write(p.dst().join("a.py"), "changed remotely").unwrap();
+    let r = p.sync();
+    assert!(!r.no_op);
+    fs::remove_file(p.dst().join("a.py")).unwrap();
+    p.sync();
+}
+
+#[test]
+fn excluded_paths_are_neither_sent_nor_deleted() {
+    let mut p = Pair::new();
+    fs::write(p.src().join("a.py"), "a").unwrap();
+    fs::write(p.src().join("big.ckpt"), "local ckpt").unwrap();
+    p.sync();
+    p.excludes = vec!["*.ckpt".into()];
+    fs::write(p.src().join("big.ckpt"), "local ckpt v2").unwrap();
+    fs::write(p.src().join("other.ckpt"), "never sent").unwrap();
+    p.try_sync(false).unwrap();
+    assert_eq!(fs::read(p.dst().join("big.ckpt")).unwrap(), b"local ckpt");
+    assert!(!p.dst().join("other.ckpt").exists());
+    fs::remove_file(p.src().join("big.ckpt")).unwrap();
+    p.try_sync(false).unwrap();
+    assert!(
+        p.dst().join("big.ckpt").exists(),
+        "an excluded path was deleted"
+    );
+    let r = p.try_sync(false).unwrap();
+    assert!(r.no_op, "{:?}", r.plan);
+}
+
+#[test]
+fn a_lost_client_state_falls_back_to_listing_the_sink() {
+    let p = Pair::new();
+    random_tree(p.src(), &mut Rng(5), 20);
+    p.sync();
+    fs::remove_file(p.state.path().join("state")).unwrap();
+    fs::remove_file(p.state.path().join("index")).unwrap();
+    let r = p.sync();
+    assert!(r.no_op);
+    fs::write(p.src().join("src/new.py"), "new").unwrap();
+    fs::remove_file(p.state.path().join("state")).unwrap();
+    let r = p.sync();
+    assert_eq!(r.plan.len(), 1, "{:?}", r.plan);
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let p = Pair::new();
+    fs::write(p.src().join("a.py"), "a").unwrap();
+    let r = p.try_sync(true).unwrap();
+    assert_eq!(r.plan.len(), 1);
+    assert!(!p.dst().join("a.py").exists());
+}
+
+#[test]
+fn copies_and_duplicates_travel_once() {
+    let p = Pair::new();
+    let data = Rng(9).bytes(2 << 20);
+    fs::write(p.src().join("a.bin"), &data).unwrap();
+    p.sync();
+    fs::write(p.src().join("copy1.bin"), &data).unwrap();
+    fs::create_dir(p.src().join("sub")).unwrap();
+    fs::write(p.src().join("sub/copy2.bin"), &data).unwrap();
+    let r = p.sync();
+    assert_eq!(r.raw_bytes_sent, 0);
+}
