@@ -1,2 +1,1161 @@
-//! TODO
-#![allow(dead_code)]
+//! Puts `mtr-agent` on the server and starts it over an SSH exec channel: one `sh -c` script
+//! checks the OS and architecture, finds an installed agent of exactly this build and runs it
+//! (`mtr-agent serve`); when there is none, a second script streams the carried binary into a
+//! private directory (temp name, size check, `chmod`, `rename`), and the first runs again.
+//! The agent's greeting ([`protocol::wire::MAGIC`]) is looked for past any login-shell noise,
+//! then the protocol handshake checks its version.
+//!
+//! Layout on the server: `<base>/agent/<version>-<os>-<arch>-<hash>/mtr-agent`, where `<base>`
+//! is the first usable of `${XDG_CACHE_HOME:-~/.cache}/mtr`, `$XDG_RUNTIME_DIR/mtr`,
+//! `/dev/shm/mtr-<uid>`, `/tmp/mtr-<uid>`; a later one is used only when the earlier ones are
+//! on a `noexec` filesystem or unusable. Each base is mode 0700, owned by the user and not a
+//! symlink; anything else is refused, never used.
+//!
+//! Every command sent goes through the user's login shell (bash, fish, tcsh...), so it is
+//! exactly `sh -c '<script>'` where the script is one line without `'`, `\`, `!` or newlines,
+//! which every one of those shells passes through unchanged.
+
+use std::io::Read;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use protocol::codec::{skip_to_magic, FrameReader, FrameWriter};
+use protocol::source::Ack;
+use protocol::wire::MAGIC;
+
+use crate::embedded;
+use crate::ssh::Ssh;
+
+/// Most login-shell output accepted before the agent's greeting.
+const NOISE_LIMIT: usize = 64 << 10;
+/// How long a failing agent gets to say why before the channel is given up.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an agent told to end (after `Bye`) gets to exit.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Starts and installs allowed in one `start`: each base once, plus one reinstall.
+const MAX_ROUNDS: usize = 10;
+
+/// Shell snippets that print each candidate base directory (or nothing when it does not
+/// apply), best first.
+const BASES: [&str; 4] = [
+    r#"case ${XDG_CACHE_HOME:-} in /*) echo "$XDG_CACHE_HOME/mtr";; *) if [ -n "${HOME:-}" ]; then echo "$HOME/.cache/mtr"; fi;; esac"#,
+    r#"if [ -n "${XDG_RUNTIME_DIR:-}" ]; then echo "$XDG_RUNTIME_DIR/mtr"; fi"#,
+    r#"echo "/dev/shm/mtr-$(id -u)""#,
+    r#"echo "/tmp/mtr-$(id -u)""#,
+];
+
+/// Exit statuses of the scripts (the agent never uses them before its greeting).
+const EXIT_UNSUPPORTED: i32 = 90;
+const EXIT_MISSING: i32 = 91;
+
+/// A running agent after a successful handshake.
+pub struct AgentSession {
+    pub reader: FrameReader<ssh2::Stream>,
+    pub writer: FrameWriter<ssh2::Stream>,
+    /// What the agent said in its greeting (its root, last tree token, dirty paths).
+    pub ack: Ack,
+    channel: ssh2::Channel,
+    session: ssh2::Session,
+    /// Where the agent's executable is on the server.
+    pub remote_path: String,
+    host: String,
+}
+
+/// Installs the agent if needed, starts it and greets it for `remote_dir`.
+pub fn start(ssh: &Ssh, remote_dir: &str) -> Result<AgentSession> {
+    AgentSession::start(ssh, remote_dir)
+}
+
+impl AgentSession {
+    /// Installs the agent if needed, starts it and greets it for `remote_dir`.
+    pub fn start(ssh: &Ssh, remote_dir: &str) -> Result<AgentSession> {
+        start_with(ssh, remote_dir, &Agent::embedded(), &Layout::default())
+    }
+
+    /// Ends the session: sends EOF and waits for the agent to exit. An agent that exits
+    /// non-zero is an error carrying what it wrote on stderr.
+    pub fn finish(mut self) -> Result<()> {
+        let flushed = self.writer.flush();
+        let (status, stderr) = drain(&mut self.channel, &self.session, FINISH_TIMEOUT);
+        let stderr = agent_stderr(&stderr);
+        let what = || format!("mtr-agent on {} ({})", self.host, self.remote_path);
+        flushed.with_context(|| format!("{} stopped reading", what()))?;
+        match status {
+            Some(0) => {
+                if !stderr.trim().is_empty() {
+                    log::debug!("{} said: {}", what(), stderr.trim());
+                }
+                Ok(())
+            }
+            Some(n) => bail!("{} exited with status {n}{}", what(), said(stderr)),
+            None => bail!("{} ended without an exit status{}", what(), said(stderr)),
+        }
+    }
+
+    /// Ends a session that failed: closes the agent's input, waits briefly for it to exit and
+    /// returns what it said, as ` (mtr-agent exited with status 1: ...)`, or an empty string.
+    pub fn abort(mut self) -> String {
+        let (status, stderr) = drain(&mut self.channel, &self.session, DRAIN_TIMEOUT);
+        let stderr = agent_stderr(&stderr).trim();
+        match status {
+            Some(0) | None if stderr.is_empty() => String::new(),
+            Some(n) => format!(" (mtr-agent exited with status {n}{})", said(stderr)),
+            None => format!(" (mtr-agent said: {stderr})"),
+        }
+    }
+}
+
+/// What the agent itself wrote on stderr: what follows the launch script's last report line
+/// (before it come the login shell's and the script's own lines).
+pub(crate) fn agent_stderr(stderr: &str) -> &str {
+    match stderr.rfind("mtr-launch: ") {
+        Some(at) => stderr[at..].split_once('\n').map_or("", |(_, rest)| rest),
+        None => stderr,
+    }
+}
+
+fn said(stderr: &str) -> String {
+    let stderr = stderr.trim();
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!(": {stderr}")
+    }
+}
+
+/// An agent executable and the identity that keys its install path.
+#[derive(Clone, Copy)]
+pub(crate) struct Agent<'a> {
+    pub bytes: &'a [u8],
+    pub version: &'a str,
+    pub hash: &'a str,
+    pub os: &'a str,
+    pub arch: &'a str,
+}
+
+impl Agent<'static> {
+    pub fn embedded() -> Self {
+        Agent {
+            bytes: embedded::AGENT,
+            version: embedded::VERSION,
+            hash: embedded::AGENT_HASH,
+            os: embedded::AGENT_OS,
+            arch: embedded::AGENT_ARCH,
+        }
+    }
+}
+
+impl Agent<'_> {
+    /// `<version>-<os>-<arch>-<hash>`: the directory of this build under `<base>/agent/`.
+    fn subdir(&self) -> String {
+        let sub = format!("{}-{}-{}-{}", self.version, self.os, self.arch, self.hash);
+        assert!(
+            sub.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b)),
+            "agent id {sub:?} must be safe in a shell script"
+        );
+        sub
+    }
+
+    /// What `uname -s` and `uname -m` print on a server this agent runs on.
+    fn uname(&self) -> String {
+        let os = match self.os {
+            "linux" => "Linux",
+            "darwin" => "Darwin",
+            "freebsd" => "FreeBSD",
+            other => other,
+        };
+        format!("{os} {}", self.arch)
+    }
+}
+
+/// Where agents may be installed: shell snippets printing each candidate base dir.
+#[derive(Clone, Debug)]
+pub(crate) struct Layout {
+    pub bases: Vec<String>,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            bases: BASES.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+impl Layout {
+    /// `mtr_base N` prints base N; `mtr_safe DIR` is true for a directory that is ours and
+    /// not a symlink.
+    fn functions(&self) -> String {
+        let cases: String = self
+            .bases
+            .iter()
+            .enumerate()
+            .map(|(i, expr)| format!("{i}) {expr};; "))
+            .collect();
+        format!(
+            "mtr_base() {{ case $1 in {cases}esac; }}; \
+             mtr_safe() {{ if [ -L \"$1\" ]; then return 1; fi; [ -d \"$1\" ] && [ -O \"$1\" ]; }}; "
+        )
+    }
+}
+
+/// `sh -c '<script>'`, safe to hand to any login shell.
+pub(crate) fn sh_c(script: &str) -> String {
+    debug_assert!(
+        !script.contains(['\'', '\\', '!', '\n']),
+        "script must survive fish and tcsh: {script}"
+    );
+    format!("sh -c {}", shell_words::quote(script))
+}
+
+/// The script that finds and runs an installed agent. It reports on stderr, one
+/// `mtr-launch: ...` line per event (see [`LaunchReport`]), and on stdout prints
+/// `MTR-PATH=<base> <path>` right before running an agent.
+pub(crate) fn launch_script(agent: &Agent, layout: &Layout) -> String {
+    format!(
+        "umask 077; {fns}sub={sub}; os=$(uname -s); arch=$(uname -m); \
+         if [ \"$os $arch\" = \"{uname}\" ]; then :; else \
+         echo \"mtr-launch: unsupported $os $arch\" >&2; exit {EXIT_UNSUPPORTED}; fi; \
+         i=0; while [ $i -lt {n} ]; do \
+         b=$(mtr_base $i); p=\"$b/agent/$sub/mtr-agent\"; \
+         if [ -n \"$b\" ] && [ -f \"$p\" ]; then \
+         if mtr_safe \"$b\"; then \
+         echo \"mtr-launch: run $i $p\" >&2; echo \"MTR-PATH=$i $p\"; \"$p\" serve; rc=$?; \
+         if [ $rc -eq 126 ]; then echo \"mtr-launch: noexec $i $p\" >&2; else exit $rc; fi; \
+         else echo \"mtr-launch: unsafe $i $b\" >&2; fi; fi; \
+         i=$((i+1)); done; echo \"mtr-launch: missing\" >&2; exit {EXIT_MISSING}",
+        fns = layout.functions(),
+        sub = agent.subdir(),
+        uname = agent.uname(),
+        n = layout.bases.len(),
+    )
+}
+
+/// The script that installs the agent (streamed on stdin, `size` bytes) into base `base`,
+/// printing the installed path.
+pub(crate) fn install_script(agent: &Agent, layout: &Layout, base: usize) -> String {
+    format!(
+        "umask 077; {fns}sub={sub}; b=$(mtr_base {base}); \
+         if [ -z \"$b\" ]; then echo \"mtr-install: unavailable\" >&2; exit 94; fi; \
+         if [ -L \"$b\" ]; then echo \"mtr-install: $b is a symbolic link\" >&2; exit 92; fi; \
+         mkdir -p \"$b\" || exit 93; \
+         if mtr_safe \"$b\"; then :; else \
+         echo \"mtr-install: $b is not a directory owned by $(id -un)\" >&2; exit 92; fi; \
+         chmod 700 \"$b\" || exit 93; d=\"$b/agent/$sub\"; mkdir -p \"$d\" || exit 93; \
+         t=\"$d/.mtr-agent.tmp.$$\"; \
+         if cat > \"$t\" && [ $(wc -c < \"$t\") -eq {size} ] && chmod 700 \"$t\" && mv -f \"$t\" \"$d/mtr-agent\"; \
+         then echo \"$d/mtr-agent\"; else rm -f \"$t\"; \
+         echo \"mtr-install: could not write $d/mtr-agent\" >&2; exit 95; fi",
+        fns = layout.functions(),
+        sub = agent.subdir(),
+        size = agent.bytes.len(),
+    )
+}
+
+/// What the launch script reported on stderr when no agent greeted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct LaunchReport {
+    /// `uname -s` and `uname -m` of a server no agent is carried for.
+    pub unsupported: Option<(String, String)>,
+    /// Agents started, as (base, path).
+    pub runs: Vec<(usize, String)>,
+    /// Bases whose agent could not be executed (noexec filesystem).
+    pub noexec: Vec<(usize, String)>,
+    /// Bases refused: a symlink, not a directory, not the user's.
+    pub unsafe_bases: Vec<(usize, String)>,
+    /// No runnable agent was found.
+    pub missing: bool,
+    /// Everything else on stderr (shell errors, the agent's own messages).
+    pub other: Vec<String>,
+}
+
+impl LaunchReport {
+    pub fn parse(stderr: &str) -> LaunchReport {
+        let mut r = LaunchReport::default();
+        for line in stderr.lines() {
+            let Some(event) = line.strip_prefix("mtr-launch: ") else {
+                if !line.trim().is_empty() {
+                    r.other.push(line.to_string());
+                }
+                continue;
+            };
+            let (kind, rest) = event.split_once(' ').unwrap_or((event, ""));
+            let indexed = || {
+                let (i, path) = rest.split_once(' ')?;
+                Some((i.parse::<usize>().ok()?, path.to_string()))
+            };
+            match kind {
+                "unsupported" => {
+                    let (os, arch) = rest.split_once(' ').unwrap_or((rest, ""));
+                    r.unsupported = Some((os.to_string(), arch.to_string()));
+                }
+                "run" => r.runs.extend(indexed()),
+                "noexec" => r.noexec.extend(indexed()),
+                "unsafe" => r.unsafe_bases.extend(indexed()),
+                "missing" => r.missing = true,
+                _ => r.other.push(line.to_string()),
+            }
+        }
+        r
+    }
+
+    /// The last agent that was started but neither greeted nor failed to execute.
+    pub fn failed_run(&self) -> Option<&(usize, String)> {
+        self.runs
+            .last()
+            .filter(|(i, _)| !self.noexec.iter().any(|(j, _)| j == i))
+    }
+
+    /// Whether base `i` is known to be unusable.
+    fn excludes(&self, i: usize) -> bool {
+        self.noexec.iter().any(|(j, _)| *j == i) || self.unsafe_bases.iter().any(|(j, _)| *j == i)
+    }
+}
+
+/// The base to install into next: the first not known to be unusable nor tried already.
+pub(crate) fn next_base(report: &LaunchReport, tried: &[usize], count: usize) -> Option<usize> {
+    (0..count).find(|i| !report.excludes(*i) && !tried.contains(i))
+}
+
+/// Splits the stdout noise before the greeting into the `MTR-PATH=` line's (base, path) and
+/// the rest (what the login shell printed).
+pub(crate) fn split_noise(noise: &[u8]) -> (Option<(usize, String)>, String) {
+    let text = String::from_utf8_lossy(noise);
+    let mut found = None;
+    let mut rest = String::new();
+    for line in text.split_inclusive('\n') {
+        if let Some(v) = line.trim_end_matches('\n').strip_prefix("MTR-PATH=") {
+            if let Some((i, path)) = v.split_once(' ') {
+                if let Ok(i) = i.parse() {
+                    found = Some((i, path.to_string()));
+                    continue;
+                }
+            }
+        }
+        rest.push_str(line);
+    }
+    (found, rest)
+}
+
+/// What one run of the launch script came to.
+enum Launch {
+    /// An agent greeted; its channel is positioned after the greeting.
+    Greeted {
+        channel: ssh2::Channel,
+        reader: FrameReader<ssh2::Stream>,
+        base: usize,
+        path: String,
+    },
+    /// The script ended without a greeting.
+    Ended {
+        status: Option<i32>,
+        report: LaunchReport,
+        error: String,
+    },
+}
+
+fn start_with(ssh: &Ssh, remote_dir: &str, agent: &Agent, layout: &Layout) -> Result<AgentSession> {
+    let host = ssh.display().to_string();
+    let mut installed: Vec<usize> = Vec::new();
+    let mut unusable: Vec<String> = Vec::new();
+    let mut reinstalled = false;
+    for _ in 0..MAX_ROUNDS {
+        match launch(ssh, agent, layout)? {
+            Launch::Greeted {
+                mut channel,
+                mut reader,
+                base,
+                path,
+            } => {
+                let mut writer = FrameWriter::new(channel.stream(0));
+                match protocol::source::handshake(
+                    &mut reader,
+                    &mut writer,
+                    remote_dir,
+                    agent.version,
+                ) {
+                    Ok(ack) => {
+                        log::debug!("mtr-agent {} running on {host} from {path}", ack.version);
+                        return Ok(AgentSession {
+                            reader,
+                            writer,
+                            ack,
+                            channel,
+                            session: ssh.session().clone(),
+                            remote_path: path,
+                            host,
+                        });
+                    }
+                    Err(e) => {
+                        let mismatch = matches!(e, protocol::Error::Version(_));
+                        drop((reader, writer));
+                        let (_, stderr) = drain(&mut channel, ssh.session(), DRAIN_TIMEOUT);
+                        if mismatch && !reinstalled {
+                            log::debug!("{path} on {host}: {e}; reinstalling");
+                            reinstalled = true;
+                            install(ssh, agent, layout, base)?;
+                            continue;
+                        }
+                        let context = if mismatch {
+                            " (even after reinstalling it)"
+                        } else {
+                            ""
+                        };
+                        return Err(anyhow!(e)).context(format!(
+                            "mtr-agent at {path} on {host} failed to start a session for \
+                             {remote_dir}{context}{}",
+                            said(agent_stderr(&stderr))
+                        ));
+                    }
+                }
+            }
+            Launch::Ended {
+                status,
+                report,
+                error,
+            } => {
+                if let Some((os, arch)) = &report.unsupported {
+                    bail!(
+                        "no mtr-agent for {}-{arch} (the server {host} runs {os} {arch}); \
+                         use `sync: rsync` or `sync: sftp` for this server",
+                        os.to_ascii_lowercase()
+                    );
+                }
+                if let Some((base, path)) = report.failed_run() {
+                    if !reinstalled {
+                        log::debug!("{path} on {host} did not greet ({error}); reinstalling");
+                        reinstalled = true;
+                        install(ssh, agent, layout, *base)?;
+                        continue;
+                    }
+                    bail!(
+                        "mtr-agent at {path} on {host} did not start ({error}; exit status {}){}",
+                        status.map_or("none".to_string(), |s| s.to_string()),
+                        said(&report.other.join("\n"))
+                    );
+                }
+                if !report.missing {
+                    bail!(
+                        "starting mtr-agent on {host} failed (exit status {}){}",
+                        status.map_or("none".to_string(), |s| s.to_string()),
+                        said(&report.other.join("\n"))
+                    );
+                }
+                for (_, path) in &report.noexec {
+                    log::debug!("{path} on {host} cannot be executed (noexec filesystem?)");
+                }
+                let Some(base) = next_base(&report, &installed, layout.bases.len()) else {
+                    bail!(
+                        "cannot run mtr-agent on {host}: no private directory there allows \
+                         executing programs ({}); use `sync: rsync` or `sync: sftp` for this \
+                         server",
+                        reasons(&report, &unusable)
+                    );
+                };
+                installed.push(base);
+                match install(ssh, agent, layout, base) {
+                    Ok(path) => log::debug!("installed mtr-agent at {path} on {host}"),
+                    Err(Install::Unusable(why)) => unusable.push(why),
+                    Err(Install::Failed(e)) => return Err(e),
+                }
+            }
+        }
+    }
+    bail!("could not start mtr-agent on {host}: it was installed but never ran")
+}
+
+fn reasons(report: &LaunchReport, unusable: &[String]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for (_, path) in &report.noexec {
+        out.push(format!("{path}: on a noexec filesystem"));
+    }
+    for (_, dir) in &report.unsafe_bases {
+        out.push(format!("{dir}: a symlink or not owned by you"));
+    }
+    out.extend(unusable.iter().cloned());
+    if out.is_empty() {
+        "none was usable".into()
+    } else {
+        out.join("; ")
+    }
+}
+
+/// Runs the launch script and reads up to the agent's greeting.
+fn launch(ssh: &Ssh, agent: &Agent, layout: &Layout) -> Result<Launch> {
+    let host = ssh.display();
+    let mut channel = ssh
+        .exec(&sh_c(&launch_script(agent, layout)))
+        .with_context(|| format!("cannot start mtr-agent on {host}"))?;
+    let mut reader = FrameReader::new(channel.stream(0));
+    match skip_to_magic(reader.get_mut(), MAGIC, NOISE_LIMIT) {
+        Ok(noise) => {
+            let (found, noise) = split_noise(&noise);
+            if !noise.is_empty() {
+                log::debug!("login shell output on {host} before mtr-agent: {noise:?}");
+            }
+            let (base, path) = found.unwrap_or((0, "mtr-agent".into()));
+            Ok(Launch::Greeted {
+                channel,
+                reader,
+                base,
+                path,
+            })
+        }
+        Err(e) => {
+            drop(reader);
+            let (status, stderr) = drain(&mut channel, ssh.session(), DRAIN_TIMEOUT);
+            log::debug!("launch on {host} ended with {status:?}: {e}; stderr: {stderr:?}");
+            Ok(Launch::Ended {
+                status,
+                report: LaunchReport::parse(&stderr),
+                error: e.to_string(),
+            })
+        }
+    }
+}
+
+enum Install {
+    /// This base cannot be used (unset, a symlink, not ours): try the next one.
+    Unusable(String),
+    Failed(anyhow::Error),
+}
+
+impl From<Install> for anyhow::Error {
+    fn from(e: Install) -> Self {
+        match e {
+            Install::Unusable(why) => anyhow!(why),
+            Install::Failed(e) => e,
+        }
+    }
+}
+
+/// Uploads the agent into base `base`; returns its path on the server.
+fn install(ssh: &Ssh, agent: &Agent, layout: &Layout, base: usize) -> Result<String, Install> {
+    let host = ssh.display();
+    let fail =
+        |e: anyhow::Error| Install::Failed(e.context(format!("installing mtr-agent on {host}")));
+    let out = ssh
+        .run(&sh_c(&install_script(agent, layout, base)), agent.bytes)
+        .map_err(fail)?;
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let message = stderr
+        .lines()
+        .map(|l| l.strip_prefix("mtr-install: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("; ");
+    match out.status {
+        0 if !stdout.is_empty() => Ok(stdout),
+        94 => Err(Install::Unusable(format!(
+            "{}: not set",
+            base_label(layout, base)
+        ))),
+        92 => Err(Install::Unusable(message)),
+        status => Err(Install::Failed(anyhow!(
+            "installing mtr-agent on {host} into {} failed (exit status {status}){}",
+            base_label(layout, base),
+            said(&message)
+        ))),
+    }
+}
+
+/// A readable name for base `i` in messages.
+fn base_label(layout: &Layout, i: usize) -> String {
+    const LABELS: [&str; 4] = [
+        "~/.cache/mtr",
+        "$XDG_RUNTIME_DIR/mtr",
+        "/dev/shm/mtr-<uid>",
+        "/tmp/mtr-<uid>",
+    ];
+    match (layout.bases.get(i), LABELS.get(i)) {
+        (Some(expr), Some(label)) if expr == BASES[i] => label.to_string(),
+        (Some(expr), _) => expr.clone(),
+        _ => format!("base {i}"),
+    }
+}
+
+/// Closes the agent's input and collects its exit status and stderr, discarding unread
+/// stdout; a stuck agent costs at most `timeout`.
+fn drain(
+    channel: &mut ssh2::Channel,
+    session: &ssh2::Session,
+    timeout: Duration,
+) -> (Option<i32>, String) {
+    let old = session.timeout();
+    session.set_timeout(timeout.as_millis().min(u32::MAX as u128) as u32);
+    channel.send_eof().ok();
+    let mut sink = [0u8; 16 << 10];
+    let mut discarded = 0usize;
+    while let Ok(n) = channel.read(&mut sink) {
+        if n == 0 {
+            break;
+        }
+        discarded += n;
+    }
+    if discarded > 0 {
+        log::debug!("discarded {discarded} bytes the agent wrote after the session");
+    }
+    let mut stderr = Vec::new();
+    channel.stderr().take(1 << 20).read_to_end(&mut stderr).ok();
+    // libssh2 reports 0 when no exit status came, so only trust it after a clean close.
+    let status = match channel.wait_close() {
+        Ok(()) => channel.exit_status().ok(),
+        Err(_) => None,
+    };
+    session.set_timeout(old);
+    (status, String::from_utf8_lossy(&stderr).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::process::{Command, Output, Stdio};
+
+    /// An agent for this machine (`Linux x86_64`): a shell script printing its argument.
+    fn agent(bytes: &[u8]) -> Agent<'_> {
+        Agent {
+            bytes,
+            version: "0.1.0",
+            hash: "0123456789abcdef",
+            os: "linux",
+            arch: "x86_64",
+        }
+    }
+
+    const SCRIPT: &[u8] = b"#!/bin/sh\necho \"agent $1\"\n";
+
+    /// Bases `<dir>/b0`, `<dir>/b1` (unset), `<dir>/b2`.
+    fn layout(dir: &Path) -> Layout {
+        let d = dir.display().to_string();
+        assert!(!d.contains(['"', '$', '\'', ' ']));
+        Layout {
+            bases: vec![
+                format!("echo \"{d}/b0\""),
+                ":".into(),
+                format!("echo \"{d}/b2\""),
+            ],
+        }
+    }
+
+    /// Runs `command` as a login shell would (`<shell> -c <command>`), with `stdin`.
+    fn login_shell(shell: &str, command: &str, stdin: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(shell)
+            .arg("-c")
+            .arg(command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn run(script: &str, stdin: &[u8]) -> (i32, String, String) {
+        let out = login_shell("sh", &sh_c(script), stdin);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn scripts_are_one_line_of_plain_characters() {
+        let a = agent(SCRIPT);
+        for script in [
+            launch_script(&a, &Layout::default()),
+            install_script(&a, &Layout::default(), 0),
+        ] {
+            assert!(!script.contains(['\'', '\\', '!', '\n']), "{script}");
+            let cmd = sh_c(&script);
+            assert!(cmd.starts_with("sh -c '") && cmd.ends_with('\''), "{cmd}");
+        }
+    }
+
+    #[test]
+    fn commands_survive_every_login_shell_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = launch_script(&agent(SCRIPT), &layout(dir.path()));
+        for shell in ["sh", "bash", "dash", "zsh", "fish", "tcsh", "csh"] {
+            if Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {shell}"))
+                .output()
+                .is_ok_and(|o| !o.status.success())
+            {
+                continue;
+            }
+            let out = login_shell(shell, &sh_c(&script), b"");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(EXIT_MISSING), "{shell}: {stderr}");
+            assert_eq!(stderr, "mtr-launch: missing\n", "{shell}");
+        }
+    }
+
+    #[test]
+    fn installs_privately_then_launches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, l) = (agent(SCRIPT), layout(dir.path()));
+        let (status, _, stderr) = run(&launch_script(&a, &l), b"");
+        assert_eq!(status, EXIT_MISSING, "{stderr}");
+        let report = LaunchReport::parse(&stderr);
+        assert!(report.missing && report.runs.is_empty());
+        assert_eq!(next_base(&report, &[], 3), Some(0));
+
+        let (status, stdout, stderr) = run(&install_script(&a, &l, 0), SCRIPT);
+        assert_eq!(status, 0, "{stderr}");
+        let path = dir
+            .path()
+            .join("b0/agent/0.1.0-linux-x86_64-0123456789abcdef/mtr-agent");
+        assert_eq!(stdout.trim(), path.display().to_string());
+        assert_eq!(fs::read(&path).unwrap(), SCRIPT);
+        assert_eq!(mode(&path), 0o700);
+        assert_eq!(mode(&dir.path().join("b0")), 0o700);
+        assert_eq!(mode(&dir.path().join("b0/agent")), 0o700);
+
+        let (status, stdout, stderr) = run(&launch_script(&a, &l), b"");
+        assert_eq!(status, 0, "{stderr}");
+        assert_eq!(
+            stdout,
+            format!("MTR-PATH=0 {}\nagent serve\n", path.display())
+        );
+        let (found, noise) = split_noise(stdout.as_bytes());
+        assert_eq!(found, Some((0, path.display().to_string())));
+        assert_eq!(noise, "agent serve\n");
+    }
+
+    #[test]
+    fn reinstall_overwrites_and_short_upload_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(dir.path());
+        let (status, _, stderr) = run(&install_script(&agent(b"old"), &l, 0), b"old");
+        assert_eq!(status, 0, "{stderr}");
+        let a = agent(SCRIPT);
+        let (status, stdout, stderr) = run(&install_script(&a, &l, 0), SCRIPT);
+        assert_eq!(status, 0, "{stderr}");
+        assert_eq!(fs::read(stdout.trim()).unwrap(), SCRIPT);
+
+        let (status, _, stderr) = run(&install_script(&a, &l, 2), &SCRIPT[..5]);
+        assert_eq!(status, 95, "{stderr}");
+        assert!(stderr.contains("could not write"), "{stderr}");
+        let sub = dir
+            .path()
+            .join("b2/agent/0.1.0-linux-x86_64-0123456789abcdef");
+        assert_eq!(
+            fs::read_dir(sub).unwrap().count(),
+            0,
+            "temp file left behind"
+        );
+    }
+
+    #[test]
+    fn unset_base_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (status, _, stderr) = run(
+            &install_script(&agent(SCRIPT), &layout(dir.path()), 1),
+            SCRIPT,
+        );
+        assert_eq!(status, 94, "{stderr}");
+    }
+
+    #[test]
+    fn noexec_base_falls_through_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, l) = (agent(SCRIPT), layout(dir.path()));
+        for base in [0, 2] {
+            let (status, _, stderr) = run(&install_script(&a, &l, base), SCRIPT);
+            assert_eq!(status, 0, "{stderr}");
+        }
+        // What a noexec mount does to exec: EACCES, status 126.
+        let first = dir
+            .path()
+            .join("b0/agent/0.1.0-linux-x86_64-0123456789abcdef/mtr-agent");
+        fs::set_permissions(&first, fs::Permissions::from_mode(0o600)).unwrap();
+
+        let (status, stdout, stderr) = run(&launch_script(&a, &l), b"");
+        assert_eq!(status, 0, "{stderr}");
+        assert!(stdout.ends_with("agent serve\n"), "{stdout}");
+        let (found, _) = split_noise(stdout.as_bytes());
+        assert_eq!(found.unwrap().0, 2);
+        let report = LaunchReport::parse(&stderr);
+        assert_eq!(report.noexec, [(0, first.display().to_string())]);
+        assert_eq!(report.runs.len(), 2);
+        assert_eq!(report.failed_run(), Some(&report.runs[1]));
+    }
+
+    #[test]
+    fn symlinked_or_foreign_base_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, l) = (agent(SCRIPT), layout(dir.path()));
+        fs::create_dir(dir.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join("b0")).unwrap();
+        let (status, _, stderr) = run(&install_script(&a, &l, 0), SCRIPT);
+        assert_eq!(status, 92, "{stderr}");
+        assert!(stderr.contains("symbolic link"), "{stderr}");
+
+        // An agent planted behind the symlink is never run.
+        let planted = dir
+            .path()
+            .join("elsewhere/agent/0.1.0-linux-x86_64-0123456789abcdef");
+        fs::create_dir_all(&planted).unwrap();
+        fs::write(planted.join("mtr-agent"), SCRIPT).unwrap();
+        fs::set_permissions(planted.join("mtr-agent"), fs::Permissions::from_mode(0o700)).unwrap();
+        let (status, stdout, stderr) = run(&launch_script(&a, &l), b"");
+        assert_eq!(status, EXIT_MISSING, "{stdout}{stderr}");
+        let report = LaunchReport::parse(&stderr);
+        assert_eq!(report.unsafe_bases.len(), 1);
+        assert_eq!(next_base(&report, &[], 3), Some(1));
+
+        // A base owned by someone else is refused too.
+        fs::create_dir(dir.path().join("b2")).unwrap();
+        std::os::unix::fs::chown(dir.path().join("b2"), Some(65534), Some(65534)).ok();
+        if fs::metadata(dir.path().join("b2")).is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid() == 65534
+        }) {
+            let (status, _, stderr) = run(&install_script(&a, &l, 2), SCRIPT);
+            assert_eq!(status, 92, "{stderr}");
+            assert!(stderr.contains("not a directory owned by"), "{stderr}");
+        }
+    }
+
+    #[test]
+    fn other_systems_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Agent {
+            arch: "riscv64",
+            ..agent(SCRIPT)
+        };
+        let (status, _, stderr) = run(&launch_script(&a, &layout(dir.path())), b"");
+        assert_eq!(status, EXIT_UNSUPPORTED, "{stderr}");
+        let report = LaunchReport::parse(&stderr);
+        let (os, arch) = report.unsupported.unwrap();
+        assert_eq!(
+            os,
+            String::from_utf8(Command::new("uname").arg("-s").output().unwrap().stdout)
+                .unwrap()
+                .trim()
+        );
+        assert_eq!(
+            arch,
+            String::from_utf8(Command::new("uname").arg("-m").output().unwrap().stdout)
+                .unwrap()
+                .trim()
+        );
+    }
+
+    #[test]
+    fn default_bases_follow_xdg_and_home() {
+        let base = |i: usize, env: &[(&str, &str)]| {
+            let script = format!("{}mtr_base {i}", Layout::default().functions());
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c")
+                .arg(script)
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin");
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            String::from_utf8(cmd.output().unwrap().stdout).unwrap()
+        };
+        let uid = unsafe { libc::getuid() };
+        assert_eq!(base(0, &[("HOME", "/h")]), "/h/.cache/mtr\n");
+        assert_eq!(
+            base(0, &[("HOME", "/h"), ("XDG_CACHE_HOME", "/c")]),
+            "/c/mtr\n"
+        );
+        assert_eq!(
+            base(0, &[("HOME", "/h"), ("XDG_CACHE_HOME", "rel")]),
+            "/h/.cache/mtr\n"
+        );
+        assert_eq!(base(0, &[]), "");
+        assert_eq!(base(1, &[]), "");
+        assert_eq!(
+            base(1, &[("XDG_RUNTIME_DIR", "/run/user/7")]),
+            "/run/user/7/mtr\n"
+        );
+        assert_eq!(base(2, &[]), format!("/dev/shm/mtr-{uid}\n"));
+        assert_eq!(base(3, &[]), format!("/tmp/mtr-{uid}\n"));
+    }
+
+    #[test]
+    fn launch_report_parses_events_and_keeps_other_lines() {
+        let report = LaunchReport::parse(
+            "bash: warning: setlocale\nmtr-launch: run 0 /h/.cache/mtr/agent/x/mtr-agent\n\
+             sh: 1: /h/.cache/mtr/agent/x/mtr-agent: Permission denied\n\
+             mtr-launch: noexec 0 /h/.cache/mtr/agent/x/mtr-agent\n\
+             mtr-launch: unsafe 3 /tmp/mtr-1000\nmtr-launch: missing\n",
+        );
+        assert_eq!(
+            report.runs,
+            [(0, "/h/.cache/mtr/agent/x/mtr-agent".to_string())]
+        );
+        assert_eq!(report.noexec.len(), 1);
+        assert_eq!(report.unsafe_bases, [(3, "/tmp/mtr-1000".to_string())]);
+        assert!(report.missing);
+        assert_eq!(report.failed_run(), None);
+        assert_eq!(report.other.len(), 2);
+        assert_eq!(next_base(&report, &[], 4), Some(1));
+        assert_eq!(next_base(&report, &[1, 2], 4), None);
+    }
+
+    #[test]
+    fn agent_stderr_is_what_follows_the_launch_lines() {
+        assert_eq!(
+            agent_stderr("conda: base\nmtr-launch: run 0 /p\ndisk full\n"),
+            "disk full\n"
+        );
+        assert_eq!(agent_stderr("mtr-launch: run 0 /p"), "");
+        assert_eq!(agent_stderr("plain\n"), "plain\n");
+    }
+
+    #[test]
+    fn noise_without_path_line_is_all_noise() {
+        assert_eq!(split_noise(b"Welcome\n"), (None, "Welcome\n".to_string()));
+        assert_eq!(
+            split_noise(b"Welcome\nMTR-PATH=2 /dev/shm/mtr-0/a b/mtr-agent\n"),
+            (
+                Some((2, "/dev/shm/mtr-0/a b/mtr-agent".to_string())),
+                "Welcome\n".to_string()
+            )
+        );
+    }
+}
+
+/// Against a real sshd on loopback (needs root, like every e2e test), with a stand-in agent: a
+/// shell script that greets, answers the handshake with canned frames, then waits for EOF.
+#[cfg(test)]
+mod live_tests {
+    use super::*;
+    use crate::ssh::test_support::connect;
+    use protocol::chunker::Chunker;
+    use protocol::wire::{FromSink, ToSink, PROTOCOL_VERSION};
+    use testkit::sshd::Server;
+
+    const VERSION: &str = "9.9.9-test";
+    const HASH: &str = "feedfacecafebeef";
+    const REMOTE_DIR: &str = "~/proj";
+
+    fn octal(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("\\{b:03o}")).collect()
+    }
+
+    fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut w = FrameWriter::new(&mut buf);
+        w.msg(msg).unwrap();
+        w.flush().unwrap();
+        drop(w);
+        buf
+    }
+
+    /// A stand-in agent that reports `version`, then exits `code` after EOF, saying `stderr`.
+    fn fake_agent(version: &str, code: i32, stderr: &str) -> Vec<u8> {
+        let hello = frame(&ToSink::Hello {
+            protocol: PROTOCOL_VERSION,
+            version: VERSION.into(),
+            root: REMOTE_DIR.into(),
+            chunker: Chunker::default().id(),
+        });
+        let ack = frame(&FromSink::HelloAck {
+            protocol: PROTOCOL_VERSION,
+            version: version.into(),
+            root: "/abs/proj".into(),
+            token: None,
+            dirty: vec![],
+        });
+        format!(
+            "#!/bin/sh\n[ \"$1\" = serve ] || exit 2\nprintf '{}'\nhead -c {} >/dev/null\n\
+             printf '{}'\ncat >/dev/null\necho '{stderr}' >&2\nexit {code}\n",
+            octal(MAGIC),
+            hello.len(),
+            octal(&ack)
+        )
+        .into_bytes()
+    }
+
+    fn agent(bytes: &[u8]) -> Agent<'_> {
+        Agent {
+            bytes,
+            version: VERSION,
+            hash: HASH,
+            os: "linux",
+            arch: "x86_64",
+        }
+    }
+
+    fn cache_path(server: &Server) -> std::path::PathBuf {
+        server.remote_path(format!(
+            ".cache/mtr/agent/{VERSION}-linux-x86_64-{HASH}/mtr-agent"
+        ))
+    }
+
+    #[test]
+    fn the_carried_agent_installs_and_greets() {
+        let server = Server::builder()
+            .bashrc("echo Welcome to the cluster")
+            .start();
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = connect(&server, dir.path());
+        let mut session = start(&ssh, "~/proj").unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(session.ack.version, embedded::VERSION);
+        assert_eq!(
+            session.ack.root,
+            server.remote_path("proj").display().to_string()
+        );
+        assert!(session.remote_path.ends_with(&format!(
+            "/.cache/mtr/agent/{}-linux-x86_64-{}/mtr-agent",
+            embedded::VERSION,
+            embedded::AGENT_HASH
+        )));
+        protocol::source::bye(&mut session.writer).unwrap();
+        session.finish().unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    #[test]
+    fn installs_then_reuses_the_agent_past_login_noise() {
+        let server = Server::builder()
+            .bashrc("echo Welcome to the cluster; echo conda: base >&2")
+            .start();
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = connect(&server, dir.path());
+        let bytes = fake_agent(VERSION, 0, "bye");
+        let session = start_with(&ssh, REMOTE_DIR, &agent(&bytes), &Layout::default())
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", server.log()));
+        let path = cache_path(&server);
+        assert_eq!(session.remote_path, path.display().to_string());
+        assert_eq!(session.ack.version, VERSION);
+        assert_eq!(session.ack.root, "/abs/proj");
+        session.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        let inode = |p: &std::path::Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p).unwrap().ino()
+        };
+        let first = inode(&path);
+
+        let session = start_with(&ssh, REMOTE_DIR, &agent(&bytes), &Layout::default()).unwrap();
+        session.finish().unwrap();
+        assert_eq!(inode(&path), first, "the installed agent was reused");
+    }
+
+    #[test]
+    fn agent_of_another_version_is_replaced_once() {
+        let server = Server::start();
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = connect(&server, dir.path());
+        let stale = fake_agent("0.0.1", 0, "");
+        let msg = match start_with(&ssh, REMOTE_DIR, &agent(&stale), &Layout::default()) {
+            Ok(_) => panic!("an agent of another version was used"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            msg.contains("version mismatch") && msg.contains("even after reinstalling"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&cache_path(&server).display().to_string()),
+            "{msg}"
+        );
+
+        let good = fake_agent(VERSION, 0, "");
+        let session = start_with(&ssh, REMOTE_DIR, &agent(&good), &Layout::default()).unwrap();
+        session.finish().unwrap();
+        assert_eq!(std::fs::read(cache_path(&server)).unwrap(), good);
+    }
+
+    #[test]
+    fn agent_that_never_greets_is_reinstalled() {
+        let server = Server::start();
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = connect(&server, dir.path());
+        server.write_remote(
+            cache_path(&server).strip_prefix(server.home()).unwrap(),
+            "#!/bin/sh\necho corrupt >&2\nexit 1\n",
+        );
+        server.run_as_user_ok(&format!("chmod 700 {}", cache_path(&server).display()));
+        let good = fake_agent(VERSION, 0, "");
+        let session = start_with(&ssh, REMOTE_DIR, &agent(&good), &Layout::default())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        session.finish().unwrap();
+        assert_eq!(std::fs::read(cache_path(&server)).unwrap(), good);
+    }
+
+    #[test]
+    fn noexec_cache_falls_back_to_a_private_dir() {
+        let server = Server::start();
+        let uid = server.run_as_user_ok("id -u").trim().to_string();
+        struct Cleanup(String);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let shm = format!("/dev/shm/mtr-{uid}");
+        let _cleanup = Cleanup(shm.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = connect(&server, dir.path());
+        // A file that cannot be executed fails like one on a noexec mount (EACCES, 126).
+        let rel = cache_path(&server);
+        server.write_remote(rel.strip_prefix(server.home()).unwrap(), "not runnable");
+        let good = fake_agent(VERSION, 0, "");
+        let session = start_with(&ssh, REMOTE_DIR, &agent(&good), &Layout::default())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(
+            session.remote_path.starts_with(&format!("{shm}/agent/")),
+            "{}",
+            session.remote_path
+        );
+        session.finish().unwrap();
+        let meta = std::fs::symlink_metadata(&shm).unwrap();
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        assert_eq!(meta.uid().to_string(), uid);
+    }
+
+    #[test]
+    fn agent_exit_status_and_stderr_reach_finish() {
+        let server = Server::start();
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = connect(&server, dir.path());
+        let bytes = fake_agent(VERSION, 3, "disk full");
+        let session = start_with(&ssh, REMOTE_DIR, &agent(&bytes), &Layout::default()).unwrap();
+        let msg = format!("{:#}", session.finish().unwrap_err());
+        assert!(msg.contains("exited with status 3: disk full"), "{msg}");
+        assert!(msg.contains(&ssh.display().to_string()), "{msg}");
+
+        let session = start_with(&ssh, REMOTE_DIR, &agent(&bytes), &Layout::default()).unwrap();
+        assert_eq!(
+            session.abort(),
+            " (mtr-agent exited with status 3: disk full)"
+        );
+    }
+
+    #[test]
+    fn other_architectures_point_to_rsync() {
+        let server = Server::start();
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = connect(&server, dir.path());
+        let bytes = fake_agent(VERSION, 0, "");
+        let a = Agent {
+            arch: "aarch64",
+            ..agent(&bytes)
+        };
+        let msg = match start_with(&ssh, REMOTE_DIR, &a, &Layout::default()) {
+            Ok(_) => panic!("started an agent for another architecture"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(msg.starts_with("no mtr-agent for linux-x86_64"), "{msg}");
+        assert!(msg.contains("sync: rsync"), "{msg}");
+    }
+}

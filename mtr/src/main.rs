@@ -1,4 +1,7 @@
 //! `mtr`: sync a project to a remote node and run commands there.
+//!
+//! `main` parses the arguments, runs, and maps the outcome to an exit code; the work lives in
+//! the modules below.
 
 mod agent_install;
 mod cli;
@@ -9,6 +12,49 @@ mod ssh;
 mod sync;
 mod ui;
 
+use anyhow::Result;
+
 fn main() {
-    std::process::exit(0)
+    let args = cli::parse();
+    let code = match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mtr: error: {e:#}");
+            exit::code_for(&e)
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run(args: &cli::Args) -> Result<i32> {
+    ui::init_logging(args.verbose, args.log_file.as_deref())?;
+    let env = config::Env::from_process()?;
+    if args.init {
+        let path = config::init(&env.cwd)?;
+        eprintln!("created {}: edit it to add your servers", path.display());
+        return Ok(0);
+    }
+    let ui = ui::Ui::new(args.tty() == Some(false), args.verbose);
+    let settings = config::load(&env, args.server.as_deref())?;
+    for w in &settings.warnings {
+        ui.warn(w);
+    }
+    if !args.sync_only {
+        return Err(exit::UsageError(
+            "this build of mtr only syncs: use `mtr --sync-only` (running commands is not implemented yet)"
+                .into(),
+        )
+        .into());
+    }
+    if settings.sync != config::SyncEngine::Agent {
+        return Err(exit::UsageError(format!(
+            "sync: {} is not implemented yet in this build; use `sync: agent` (in {})",
+            settings.sync,
+            settings.describe_sources()
+        ))
+        .into());
+    }
+    let ssh = ssh::Ssh::connect(&sync::ssh_options(&settings, &ui))?;
+    sync::sync(&ssh, &settings, &ui, args.dry_run)?;
+    Ok(0)
 }

@@ -154,7 +154,7 @@ impl<R: Read> FrameReader<R> {
     }
 
     /// Read the next frame. A clean end of stream before a frame starts is `Ok(None)`.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<Frame<T>>> {
+    pub fn frame<T: DeserializeOwned>(&mut self) -> Result<Option<Frame<T>>> {
         let mut len = [0u8; 4];
         match read_full(&mut self.r, &mut len)? {
             0 => return Ok(None),
@@ -216,7 +216,7 @@ impl<R: Read> FrameReader<R> {
 
     /// Read the next frame, which must be a message.
     pub fn msg<T: DeserializeOwned>(&mut self) -> Result<T> {
-        match self.next()? {
+        match self.frame()? {
             Some(Frame::Msg(m)) => Ok(m),
             Some(Frame::Data(_)) => Err(Error::Protocol("unexpected data frame".into())),
             None => Err(Error::Transport(io::Error::new(
@@ -302,10 +302,10 @@ mod tests {
         });
         let mut r = FrameReader::new(&bytes[..]);
         assert!(matches!(
-            r.next::<ToSink>().unwrap(),
+            r.frame::<ToSink>().unwrap(),
             Some(Frame::Msg(ToSink::ListIndex))
         ));
-        match r.next::<ToSink>().unwrap() {
+        match r.frame::<ToSink>().unwrap() {
             Some(Frame::Data(d)) => {
                 assert_eq!(d.hash, [9; 32]);
                 assert!(d.compressed);
@@ -315,7 +315,7 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(matches!(r.msg::<ToSink>().unwrap(), ToSink::Bye));
-        assert!(r.next::<ToSink>().unwrap().is_none());
+        assert!(r.frame::<ToSink>().unwrap().is_none());
         assert_eq!(r.bytes_received(), bytes.len() as u64);
     }
 
@@ -324,7 +324,7 @@ mod tests {
         let bytes = roundtrip_bytes(|w| w.msg(&FromSink::IndexEnd).unwrap());
         for cut in 1..bytes.len() {
             let mut r = FrameReader::new(&bytes[..cut]);
-            assert!(r.next::<FromSink>().is_err(), "cut at {cut}");
+            assert!(r.frame::<FromSink>().is_err(), "cut at {cut}");
         }
     }
 
@@ -332,7 +332,7 @@ mod tests {
     fn oversized_lengths_are_refused_before_allocating() {
         let mut bytes = (u32::MAX).to_le_bytes().to_vec();
         bytes.push(KIND_MSG);
-        let err = FrameReader::new(&bytes[..]).next::<ToSink>().unwrap_err();
+        let err = FrameReader::new(&bytes[..]).frame::<ToSink>().unwrap_err();
         assert!(err.to_string().contains("exceeds the limit"), "{err}");
 
         let mut data = ((DATA_HEADER + 1) as u32 + 1).to_le_bytes().to_vec();
@@ -341,7 +341,7 @@ mod tests {
         data.push(0);
         data.extend_from_slice(&u32::MAX.to_le_bytes());
         data.push(0);
-        let err = FrameReader::new(&data[..]).next::<ToSink>().unwrap_err();
+        let err = FrameReader::new(&data[..]).frame::<ToSink>().unwrap_err();
         assert!(err.to_string().contains("over the limit"), "{err}");
     }
 
@@ -364,7 +364,7 @@ mod tests {
                 buf[4] = (seed % 3) as u8;
             }
             let mut r = FrameReader::new(&buf[..]);
-            while let Ok(Some(_)) = r.next::<ToSink>() {}
+            while let Ok(Some(_)) = r.frame::<ToSink>() {}
         }
     }
 

@@ -342,7 +342,7 @@ pub fn scan(
     let total: u64 = to_hash.iter().map(|(_, s)| s.size).sum();
     progress.phase("hash", total);
     // Big files first so the cores stay busy to the end.
-    to_hash.sort_by(|a, b| b.1.size.cmp(&a.1.size));
+    to_hash.sort_by_key(|f| std::cmp::Reverse(f.1.size));
     let hashed: Vec<Result<(String, StatKey, Vec<ChunkRef>)>> = to_hash
         .into_par_iter()
         .map(|(p, st)| {

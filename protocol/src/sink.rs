@@ -93,7 +93,7 @@ fn session<R: Read, W: Write>(
     })?;
     w.flush()?;
     loop {
-        let msg = match r.next::<ToSink>()? {
+        let msg = match r.frame::<ToSink>()? {
             None => return Ok(()),
             Some(Frame::Msg(m)) => m,
             Some(Frame::Data(_)) => {
@@ -121,6 +121,7 @@ fn session<R: Read, W: Write>(
             }
             ToSink::Commit => {
                 let token = sink.commit()?;
+                sink.stats.peak_rss_kib = peak_rss_kib();
                 w.msg(&FromSink::Committed {
                     token,
                     stats: sink.stats.clone(),
@@ -441,11 +442,9 @@ impl Sink {
         let is_dir = matches!(rec.rec.entry.kind, EntryKind::Dir);
         if let Some(abs) = self.root.existing(path)? {
             match fs::symlink_metadata(&abs) {
-                Ok(m) if m.is_dir() && is_dir => {
-                    // Left in place if the remote side put files in it.
-                    if fs::remove_dir(&abs).is_ok() {
-                        self.stats.deleted += 1;
-                    }
+                // Left in place if the remote side put files in it.
+                Ok(m) if m.is_dir() && is_dir && fs::remove_dir(&abs).is_ok() => {
+                    self.stats.deleted += 1;
                 }
                 Ok(m) if !m.is_dir() && !is_dir => {
                     fs::remove_file(&abs).ctx("delete", &abs)?;
@@ -522,9 +521,9 @@ impl Sink {
             !r.dirty
                 && matches!(&r.rec.entry.kind, EntryKind::File { digest: d, .. } if *d == digest)
         });
-        if have.is_some() {
+        if let Some(have) = have {
             // Content in place: metadata only.
-            let chunks = have.unwrap().rec.chunks.clone();
+            let chunks = have.rec.chunks.clone();
             let abs = self
                 .root
                 .existing(&entry.path)?
@@ -645,7 +644,7 @@ impl Sink {
         r: &mut FrameReader<R>,
     ) -> Result<()> {
         loop {
-            match r.next::<ToSink>()? {
+            match r.frame::<ToSink>()? {
                 Some(Frame::Data(d)) => {
                     let targets = need.remove(&d.hash).ok_or_else(|| {
                         Error::Protocol(format!("unrequested chunk {}", hex(&d.hash[..8])))
@@ -825,6 +824,17 @@ fn set_meta_fd(f: &File, path: &Path, mode: u32, mtime_ns: i64) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// This process's peak resident memory, in KiB.
+pub fn peak_rss_kib() -> u64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
+        ru.ru_maxrss as u64
+    } else {
+        0
+    }
 }
 
 fn hex(b: &[u8]) -> String {

@@ -125,6 +125,8 @@ pub struct SinkStats {
     pub bytes_copied_locally: u64,
     pub bytes_received: u64,
     pub deleted: u64,
+    /// The sink process's peak resident memory, in KiB.
+    pub peak_rss_kib: u64,
 }
 
 /// Which chunking parameters a peer uses; both must agree for chunk hashes to match.

@@ -1,0 +1,250 @@
+//! `mtr --sync-only` end to end against a real sshd: first sync, no-op, edits, deletes,
+//! renames, remote-created files, excludes, agent install and upgrade, host keys, bad config.
+
+mod util;
+
+use std::fs;
+
+use testkit::sshd::Server;
+use util::Project;
+
+fn wire_bytes(stderr: &str) -> u64 {
+    // The -v summary says "... X on the wire ..." with a unit.
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("on the wire"))
+        .unwrap_or_else(|| panic!("no summary in:\n{stderr}"));
+    let before = line.split(" on the wire").next().unwrap();
+    let mut words = before.rsplit(' ');
+    let unit = words.next().unwrap();
+    let num: f64 = words
+        .next()
+        .unwrap()
+        .trim_start_matches('(')
+        .parse()
+        .unwrap();
+    let mult = match unit {
+        "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        u => panic!("unit {u}"),
+    };
+    (num * mult) as u64
+}
+
+#[test]
+fn first_sync_copies_the_tree_and_a_second_is_a_noop() {
+    let p = Project::new();
+    testkit::gen::source_tree(p.root(), 200, 2_000_000, 1);
+    p.write("bin/run.sh", "#!/bin/sh\necho hi\n");
+    testkit::gen::set_mode(&p.root().join("bin/run.sh"), 0o755);
+    fs::create_dir_all(p.root().join("empty/dir")).unwrap();
+    std::os::unix::fs::symlink("bin/run.sh", p.root().join("link")).unwrap();
+    p.write("ünïcødé/名前.py", "print('hi')\n");
+    p.sync();
+    p.assert_synced();
+    assert!(
+        !p.remote().join(".mtr").exists(),
+        ".mtr/ must never be synced"
+    );
+
+    let second = p.sync();
+    assert!(second.contains("up to date"), "{second}");
+    assert!(
+        wire_bytes(&second) < 4096,
+        "no-op exchanged too much:\n{second}"
+    );
+}
+
+#[test]
+fn edits_deletes_and_renames_reach_the_remote() {
+    let p = Project::new();
+    testkit::gen::source_tree(p.root(), 100, 1_000_000, 2);
+    p.write("data/blob.bin", vec![7u8; 3_000_000]);
+    p.write("model/a.py", "v1");
+    p.sync();
+    p.write("model/a.py", "v2");
+    fs::remove_file(p.root().join("data/blob.bin")).unwrap();
+    fs::rename(p.root().join("model"), p.root().join("model2")).unwrap();
+    p.sync();
+    p.assert_synced();
+}
+
+#[test]
+fn remote_created_files_survive_and_excluded_files_are_untouched() {
+    let p = Project::new();
+    p.write_config("    exclude: [\"*.ckpt\", \"logs/\"]\n");
+    p.write("train.py", "print(1)");
+    p.write("local.ckpt", "local only");
+    p.write("outputs/keep.txt", "x");
+    p.sync();
+    assert!(!p.remote().join("local.ckpt").exists());
+    p.server.write_remote(
+        format!("{}/outputs/result.bin", p.remote_rel),
+        b"remote result",
+    );
+    p.server
+        .write_remote(format!("{}/local.ckpt", p.remote_rel), b"remote ckpt");
+    p.server
+        .write_remote(format!("{}/logs/run.log", p.remote_rel), b"remote log");
+    fs::remove_dir_all(p.root().join("outputs")).unwrap();
+    p.sync();
+    assert_eq!(
+        fs::read(p.remote().join("outputs/result.bin")).unwrap(),
+        b"remote result"
+    );
+    assert_eq!(
+        fs::read(p.remote().join("local.ckpt")).unwrap(),
+        b"remote ckpt"
+    );
+    assert_eq!(
+        fs::read(p.remote().join("logs/run.log")).unwrap(),
+        b"remote log"
+    );
+    assert!(!p.remote().join("outputs/keep.txt").exists());
+}
+
+fn installed_agents(p: &Project) -> Vec<String> {
+    let out = p
+        .server
+        .run_as_user_ok("find ~/.cache/mtr/agent -name mtr-agent -type f | sort");
+    out.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn an_agent_of_another_version_is_replaced_never_used() {
+    let p = Project::new();
+    p.write("a.py", "a");
+    // Another version already installed, and a corrupt binary at the current path.
+    p.server.run_as_user_ok(
+        "mkdir -p ~/.cache/mtr/agent/0.0.1-linux-x86_64-0000000000000000 && \
+         printf '#!/bin/sh\\necho old agent; exit 3\\n' > ~/.cache/mtr/agent/0.0.1-linux-x86_64-0000000000000000/mtr-agent && \
+         chmod 700 ~/.cache/mtr/agent/0.0.1-linux-x86_64-0000000000000000/mtr-agent",
+    );
+    p.sync();
+    let agents = installed_agents(&p);
+    assert_eq!(agents.len(), 2, "{agents:?}");
+    let current = agents
+        .iter()
+        .find(|a| !a.contains("0.0.1-"))
+        .unwrap()
+        .clone();
+    let good = p.server.run_as_user_ok(&format!("cksum < {current}"));
+    // Replace the current agent with an impostor that greets with the wrong version.
+    p.server.run_as_user_ok(&format!(
+        "printf '#!/bin/sh\\necho impostor\\nexit 1\\n' > {current} && chmod 700 {current}"
+    ));
+    p.write("b.py", "b");
+    p.sync();
+    p.assert_synced();
+    assert_eq!(p.server.run_as_user_ok(&format!("cksum < {current}")), good);
+}
+
+#[test]
+fn login_shell_noise_does_not_break_the_handshake() {
+    let server = Server::builder()
+        .bashrc("echo 'Welcome to the cluster!'; echo 'conda: base activated'")
+        .start();
+    let p = Project::with_server(server);
+    p.write("a.py", "a");
+    p.sync();
+    p.assert_synced();
+}
+
+#[test]
+fn a_changed_host_key_is_refused_loudly() {
+    let p = Project::new();
+    // Trust a different key for this host:port.
+    let other = Server::start();
+    let line = other.known_hosts_line();
+    let key = line.split_once(' ').unwrap().1;
+    fs::write(
+        p.home.known_hosts(),
+        format!("[127.0.0.1]:{} {key}\n", p.server.port()),
+    )
+    .unwrap();
+    p.write("a.py", "a");
+    let out = p.mtr().args(["--no-tty", "--sync-only"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("host key"), "{err}");
+    assert!(err.contains("known_hosts"), "{err}");
+    assert!(!p.remote().join("a.py").exists());
+}
+
+#[test]
+fn an_unknown_host_is_refused_in_batch_mode_unless_accept_new() {
+    let p = Project::new();
+    fs::write(p.home.known_hosts(), "").unwrap();
+    p.write("a.py", "a");
+    let out = p.mtr().args(["--no-tty", "--sync-only"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!p.remote().join("a.py").exists());
+    p.write_config("    strict_host_key_checking: accept-new\n");
+    p.sync();
+    p.assert_synced();
+    let known = fs::read_to_string(p.home.known_hosts()).unwrap();
+    assert!(
+        known.contains(&format!("[127.0.0.1]:{}", p.server.port())),
+        "{known}"
+    );
+}
+
+#[test]
+fn bad_config_is_a_usage_error_naming_file_line_and_key() {
+    let p = Project::new();
+    fs::write(
+        p.root().join(".mtr/config.yaml"),
+        "servers:\n  test:\n    host: 127.0.0.1\n    hots: typo\n    remote_dir: /tmp/x\n",
+    )
+    .unwrap();
+    let out = p.mtr().args(["--no-tty", "--sync-only"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config.yaml:4"), "{err}");
+    assert!(err.contains("hots"), "{err}");
+
+    fs::write(
+        p.root().join(".mtr/config.yaml"),
+        "servers:\n  test:\n    host: h\n",
+    )
+    .unwrap();
+    let out = p.mtr().args(["--no-tty", "--sync-only"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("remote_dir"));
+
+    p.write_config("");
+    let out = p
+        .mtr()
+        .args(["--no-tty", "-s", "nope", "--sync-only"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope") && err.contains("test"), "{err}");
+}
+
+#[test]
+fn an_unreachable_host_fails_with_255_and_names_it() {
+    let p = Project::new();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    fs::write(
+        p.root().join(".mtr/config.yaml"),
+        format!(
+            "servers:\n  test:\n    host: 127.0.0.1\n    port: {port}\n    remote_dir: /tmp/x\n"
+        ),
+    )
+    .unwrap();
+    let out = p.mtr().args(["--no-tty", "--sync-only"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+}
