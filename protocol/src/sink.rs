@@ -533,6 +533,8 @@ impl Sink {
             self.record(entry, chunks, stat);
             return Ok(None);
         }
+        // Refuse unsafe destinations before asking for any data.
+        self.root.prepare_parent(&entry.path)?;
         let chunks = chunks.ok_or_else(|| {
             Error::Protocol(format!(
                 "{}: content changed but no chunk list was sent",
