@@ -106,7 +106,7 @@ servers:
 CONF
 cat "$PROJECT/.mtr/config.yaml"
 cd "$PROJECT"
-mtr() { HOME=$TMP/local-home "$MTR" "$@"; }
+mtr() { HOME=$TMP/local-home "$MTR" -v "$@"; }
 
 step "1. first sync: everything travels"
 mtr --sync-only

@@ -214,14 +214,14 @@ pub(crate) fn sh_c(script: &str) -> String {
 /// `MTR-PATH=<base> <path>` right before running an agent.
 pub(crate) fn launch_script(agent: &Agent, layout: &Layout) -> String {
     format!(
-        "umask 077; {fns}sub={sub}; os=$(uname -s); arch=$(uname -m); \
+        "um=$(umask); umask 077; {fns}sub={sub}; os=$(uname -s); arch=$(uname -m); \
          if [ \"$os $arch\" = \"{uname}\" ]; then :; else \
          echo \"mtr-launch: unsupported $os $arch\" >&2; exit {EXIT_UNSUPPORTED}; fi; \
          i=0; while [ $i -lt {n} ]; do \
          b=$(mtr_base $i); p=\"$b/agent/$sub/mtr-agent\"; \
          if [ -n \"$b\" ] && [ -f \"$p\" ]; then \
          if mtr_safe \"$b\"; then \
-         echo \"mtr-launch: run $i $p\" >&2; echo \"MTR-PATH=$i $p\"; \"$p\" serve; rc=$?; \
+         echo \"mtr-launch: run $i $p\" >&2; echo \"MTR-PATH=$i $p\"; (umask $um; exec \"$p\" serve); rc=$?; \
          if [ $rc -eq 126 ]; then echo \"mtr-launch: noexec $i $p\" >&2; else exit $rc; fi; \
          else echo \"mtr-launch: unsafe $i $b\" >&2; fi; fi; \
          i=$((i+1)); done; echo \"mtr-launch: missing\" >&2; exit {EXIT_MISSING}",
