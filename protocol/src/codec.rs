@@ -19,6 +19,11 @@ pub const MAX_CHUNK: usize = 4 << 20;
 const DATA_HEADER: usize = 32 + 1 + 4;
 const KIND_MSG: u8 = 0;
 const KIND_DATA: u8 = 1;
+/// A message frame whose bincode body is zstd-compressed: `raw_len: u32 LE`, then the payload.
+const KIND_ZMSG: u8 = 2;
+/// Message bodies at least this large are compressed when that saves space (paths and
+/// manifests compress well).
+const ZMSG_MIN: usize = 2048;
 const FLAG_ZSTD: u8 = 1;
 
 fn config() -> impl bincode::config::Config {
@@ -89,6 +94,13 @@ impl<W: Write> FrameWriter<W> {
                 "message of {} bytes exceeds the frame limit",
                 body.len()
             )));
+        }
+        if body.len() >= ZMSG_MIN {
+            if let Ok(z) = zstd::bulk::compress(&body, 1) {
+                if z.len() + 4 < body.len() {
+                    return self.put(KIND_ZMSG, &(body.len() as u32).to_le_bytes(), &z);
+                }
+            }
         }
         self.put(KIND_MSG, &[], &body)
     }
@@ -177,6 +189,29 @@ impl<R: Read> FrameReader<R> {
                 }
                 let mut body = vec![0u8; body_len];
                 self.exact(&mut body)?;
+                Frame::Msg(decode(&body)?)
+            }
+            KIND_ZMSG => {
+                if !(4..=MAX_MSG_FRAME).contains(&body_len) {
+                    return Err(Error::Protocol(format!(
+                        "compressed message frame of {body_len} bytes is out of bounds"
+                    )));
+                }
+                let mut raw_len = [0u8; 4];
+                self.exact(&mut raw_len)?;
+                let raw_len = u32::from_le_bytes(raw_len) as usize;
+                if raw_len > MAX_MSG_FRAME {
+                    return Err(Error::Protocol(format!(
+                        "compressed message declares {raw_len} bytes, over the limit"
+                    )));
+                }
+                let mut z = vec![0u8; body_len - 4];
+                self.exact(&mut z)?;
+                let body = zstd::bulk::decompress(&z, raw_len)
+                    .map_err(|e| Error::Protocol(format!("corrupt compressed message: {e}")))?;
+                if body.len() != raw_len {
+                    return Err(Error::Protocol("compressed message length mismatch".into()));
+                }
                 Frame::Msg(decode(&body)?)
             }
             KIND_DATA => {
@@ -317,6 +352,24 @@ mod tests {
         assert!(matches!(r.msg::<ToSink>().unwrap(), ToSink::Bye));
         assert!(r.frame::<ToSink>().unwrap().is_none());
         assert_eq!(r.bytes_received(), bytes.len() as u64);
+    }
+
+    #[test]
+    fn large_messages_are_compressed_and_round_trip() {
+        use crate::wire::{Entry, EntryKind};
+        let entries: Vec<Entry> = (0..2000)
+            .map(|i| Entry {
+                path: format!("src/module_{i}/implementation.py"),
+                kind: EntryKind::Dir,
+            })
+            .collect();
+        let msg = FromSink::IndexBatch { entries };
+        let plain = encode(&msg).unwrap().len();
+        let bytes = roundtrip_bytes(|w| w.msg(&msg).unwrap());
+        assert!(bytes.len() < plain / 4, "{} vs {plain}", bytes.len());
+        assert_eq!(bytes[4], KIND_ZMSG);
+        let mut r = FrameReader::new(&bytes[..]);
+        assert_eq!(r.msg::<FromSink>().unwrap(), msg);
     }
 
     #[test]

@@ -147,6 +147,32 @@ struct Loc {
     len: u32,
 }
 
+/// Chunks to request, and where each goes once it arrives.
+#[derive(Default)]
+struct Need {
+    order: Vec<Hash>,
+    waiting: HashMap<Hash, Vec<(usize, u64)>>,
+}
+
+impl Need {
+    fn add(&mut self, hash: Hash, idx: usize, off: u64) {
+        let w = self.waiting.entry(hash).or_default();
+        if w.is_empty() {
+            self.order.push(hash);
+        }
+        w.push((idx, off));
+    }
+}
+
+/// A chunk to copy from a file already on the sink into staged file `idx` at `off`.
+#[derive(Clone)]
+struct Copy {
+    idx: usize,
+    off: u64,
+    hash: Hash,
+    src: Loc,
+}
+
 struct Staged {
     path: String,
     entry: EntryKind,
@@ -388,8 +414,8 @@ impl Sink {
         w: &mut FrameWriter<W>,
     ) -> Result<()> {
         let mut staged: Vec<Staged> = Vec::new();
-        let mut need: HashMap<Hash, Vec<(usize, u64)>> = HashMap::new();
-        let mut order: Vec<Hash> = Vec::new();
+        let mut need = Need::default();
+        let mut copies: Vec<Copy> = Vec::new();
         for op in ops {
             match op {
                 Op::Delete { path } => self.delete(&path)?,
@@ -403,35 +429,105 @@ impl Sink {
                         EntryKind::Dir => self.upsert_dir(entry)?,
                         EntryKind::Symlink { target } => self.upsert_symlink(entry, &target)?,
                         EntryKind::File { .. } => {
-                            if let Some(s) = self.upsert_file(entry, chunks)? {
+                            if let Some((s, filled)) = self.upsert_file(entry, chunks)? {
                                 let idx = staged.len();
                                 let mut off = 0;
-                                for c in &s.0.chunks {
-                                    if !s.1.contains(&off) {
-                                        let waiting = need.entry(c.hash).or_default();
-                                        if waiting.is_empty() {
-                                            order.push(c.hash);
+                                for c in &s.chunks {
+                                    if !filled.contains(&off) {
+                                        match self.locs.get(&c.hash) {
+                                            Some(loc) => copies.push(Copy {
+                                                idx,
+                                                off,
+                                                hash: c.hash,
+                                                src: loc.clone(),
+                                            }),
+                                            None => need.add(c.hash, idx, off),
                                         }
-                                        waiting.push((idx, off));
                                     }
                                     off += c.len as u64;
                                 }
-                                staged.push(s.0);
+                                staged.push(s);
                             }
                         }
                     }
                 }
             }
         }
+        // Ask for what is missing first, so the source reads and sends while we copy.
         w.msg(&FromSink::Need {
-            hashes: order.clone(),
+            hashes: need.order.clone(),
         })?;
         w.flush()?;
-        self.receive(&staged, &mut need, r)?;
+        let failed = self.copy_local(&staged, copies)?;
+        self.receive(&staged, &mut need.waiting, r)?;
+        if !failed.is_empty() {
+            // A copy source changed under us: those chunks travel after all.
+            let mut again = Need::default();
+            for c in failed {
+                again.add(c.hash, c.idx, c.off);
+            }
+            w.msg(&FromSink::Need {
+                hashes: again.order.clone(),
+            })?;
+            w.flush()?;
+            self.receive(&staged, &mut again.waiting, r)?;
+        }
         for s in staged {
             self.place(s)?;
         }
         Ok(())
+    }
+
+    /// Copy chunks the sink already holds into the staged files, merging runs that are
+    /// contiguous on both sides into one `copy_file_range`. A source whose `stat` no longer
+    /// matches the index is not trusted: its copies are returned to be requested instead.
+    fn copy_local(&mut self, staged: &[Staged], mut copies: Vec<Copy>) -> Result<Vec<Copy>> {
+        copies.sort_by(|a, b| (a.idx, a.off).cmp(&(b.idx, b.off)));
+        let mut sources: HashMap<String, Option<File>> = HashMap::new();
+        let mut failed = Vec::new();
+        let mut i = 0;
+        while i < copies.len() {
+            let first = &copies[i];
+            let mut j = i + 1;
+            let mut len = first.src.len as u64;
+            while j < copies.len()
+                && copies[j].idx == first.idx
+                && copies[j].src.path == first.src.path
+                && copies[j].off == first.off + len
+                && copies[j].src.offset == first.src.offset + len
+            {
+                len += copies[j].src.len as u64;
+                j += 1;
+            }
+            let src = sources.entry(first.src.path.clone()).or_insert_with(|| {
+                let rec = self.records.get(&first.src.path).filter(|r| !r.dirty)?;
+                let abs = self.root.existing(&first.src.path).ok().flatten()?;
+                let f = File::open(&abs).ok()?;
+                let m = f.metadata().ok()?;
+                (m.is_file() && stat_of(&m) == rec.rec.stat).then_some(f)
+            });
+            let dst = &staged[first.idx];
+            let ok = match src {
+                Some(f) => copy_range(f, first.src.offset, &dst.file, first.off, len)
+                    .ctx("copy into", &dst.tmp)?,
+                None => false,
+            };
+            if ok {
+                self.stats.bytes_copied_locally += len;
+            } else {
+                failed.extend(copies[i..j].iter().cloned());
+            }
+            i = j;
+        }
+        for (path, f) in &sources {
+            if f.is_none() {
+                if let Some(r) = self.records.get_mut(path) {
+                    r.dirty = true;
+                }
+                self.forget_locs(path);
+            }
+        }
+        Ok(failed)
     }
 
     fn delete(&mut self, path: &str) -> Result<()> {
@@ -592,40 +688,6 @@ impl Sink {
             }
         };
         file.set_len(size).ctx("allocate", &tmp)?;
-        // Copy chunks the sink already holds elsewhere.
-        let mut sources: HashMap<String, Option<File>> = HashMap::new();
-        let mut off = 0u64;
-        let mut buf = Vec::new();
-        for c in &chunks {
-            if !filled.contains(&off) {
-                if let Some(loc) = self.locs.get(&c.hash).cloned() {
-                    let src = sources.entry(loc.path.clone()).or_insert_with(|| {
-                        self.root
-                            .existing(&loc.path)
-                            .ok()
-                            .flatten()
-                            .and_then(|p| File::open(p).ok())
-                    });
-                    buf.resize(loc.len as usize, 0);
-                    let ok = src
-                        .as_ref()
-                        .is_some_and(|f| f.read_exact_at(&mut buf, loc.offset).is_ok())
-                        && chunker::hash(&buf) == c.hash;
-                    if ok {
-                        file.write_all_at(&buf, off).ctx("write", &tmp)?;
-                        self.stats.bytes_copied_locally += c.len as u64;
-                        filled.insert(off);
-                    } else {
-                        // The source changed under us: stop trusting it.
-                        if let Some(r) = self.records.get_mut(&loc.path) {
-                            r.dirty = true;
-                        }
-                        self.forget_locs(&loc.path);
-                    }
-                }
-            }
-            off += c.len as u64;
-        }
         Ok(Some((
             Staged {
                 path: entry.path.clone(),
@@ -766,6 +828,75 @@ impl Sink {
         }
         Ok(token)
     }
+}
+
+/// Copy `len` bytes between files at the given offsets, in the kernel where it can
+/// (`copy_file_range`), else through a buffer. `Ok(false)` when the source is shorter than
+/// expected (it changed).
+fn copy_range(
+    src: &File,
+    mut src_off: u64,
+    dst: &File,
+    mut dst_off: u64,
+    len: u64,
+) -> std::io::Result<bool> {
+    let mut left = len;
+    while left > 0 {
+        let mut so = src_off as libc::loff_t;
+        let mut d = dst_off as libc::loff_t;
+        // SAFETY: valid descriptors and offset pointers for the duration of the call.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut so,
+                dst.as_raw_fd(),
+                &mut d,
+                left as usize,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EXDEV)
+                | Some(libc::ENOSYS)
+                | Some(libc::EINVAL)
+                | Some(libc::EOPNOTSUPP) => return copy_buffered(src, src_off, dst, dst_off, left),
+                Some(libc::EINTR) => continue,
+                _ => return Err(e),
+            }
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+        src_off += n as u64;
+        dst_off += n as u64;
+        left -= n as u64;
+    }
+    Ok(true)
+}
+
+fn copy_buffered(
+    src: &File,
+    mut src_off: u64,
+    dst: &File,
+    mut dst_off: u64,
+    mut left: u64,
+) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; (1 << 20).min(left as usize)];
+    while left > 0 {
+        let n = buf.len().min(left as usize);
+        match src.read_exact_at(&mut buf[..n], src_off) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        dst.write_all_at(&buf[..n], dst_off)?;
+        src_off += n as u64;
+        dst_off += n as u64;
+        left -= n as u64;
+    }
+    Ok(true)
 }
 
 fn chunk_len_at(chunks: &[ChunkSpec], off: u64) -> Option<u32> {

@@ -279,25 +279,29 @@ pub fn sync<R: Read, W: Write>(
             .sum();
         w.msg(&ToSink::Ops { ops: batch })?;
         w.flush()?;
-        let hashes = match expect(r, "ops")? {
-            FromSink::Need { hashes } => hashes,
-            m => return Err(Error::Protocol(format!("expected Need, got {m:?}"))),
-        };
         let mut sent_raw = 0u64;
-        send_chunks(
-            w,
-            cfg.root,
-            &hashes,
-            &locs,
-            &mut report,
-            progress,
-            &mut sent_raw,
-        )?;
-        w.msg(&ToSink::DataEnd)?;
-        w.flush()?;
-        match expect(r, "data")? {
-            FromSink::BatchDone => {}
-            m => return Err(Error::Protocol(format!("expected BatchDone, got {m:?}"))),
+        let mut reply = expect(r, "ops")?;
+        // The sink asks for chunks until it has all of this batch (usually once; again when
+        // a copy it planned on its side turned out stale).
+        loop {
+            let hashes = match reply {
+                FromSink::Need { hashes } => hashes,
+                FromSink::BatchDone => break,
+                m => return Err(Error::Protocol(format!("expected Need, got {m:?}"))),
+            };
+            send_chunks(
+                w,
+                cfg.root,
+                &tree.entries,
+                &hashes,
+                &locs,
+                &mut report,
+                progress,
+                &mut sent_raw,
+            )?;
+            w.msg(&ToSink::DataEnd)?;
+            w.flush()?;
+            reply = expect(r, "data")?;
         }
         // Content the sink already had counts as done too.
         progress.advance(batch_bytes.saturating_sub(sent_raw));
@@ -363,9 +367,11 @@ struct Prepared {
 
 /// Read, verify and compress the requested chunks on all cores while the current thread
 /// writes the previous window to the peer.
+#[allow(clippy::too_many_arguments)]
 fn send_chunks<W: Write>(
     w: &mut FrameWriter<W>,
     root: &Path,
+    entries: &Manifest,
     hashes: &[Hash],
     locs: &HashMap<Hash, (String, u64, u32)>,
     report: &mut Report,
@@ -383,7 +389,7 @@ fn send_chunks<W: Write>(
     std::thread::scope(|s| {
         s.spawn(move || {
             for window in hashes.chunks(WINDOW) {
-                let prepared = prepare_window(root, window, locs);
+                let prepared = prepare_window(root, entries, window, locs);
                 let failed = prepared.is_err();
                 if tx.send(prepared).is_err() || failed {
                     return;
@@ -404,21 +410,39 @@ fn send_chunks<W: Write>(
     })
 }
 
+/// Read and compress one window of chunks. Files are checked against the scan before and
+/// after reading (size and mtime), so a file changed mid-sync is reported, not sent torn; the
+/// sink verifies every chunk's hash besides.
 fn prepare_window(
     root: &Path,
+    entries: &Manifest,
     window: &[Hash],
     locs: &HashMap<Hash, (String, u64, u32)>,
 ) -> Result<Vec<Prepared>> {
-    // One descriptor per file in the window.
+    let unchanged = |p: &str, f: &std::fs::File| -> Result<()> {
+        let abs = root.join(p);
+        let m = f.metadata().ctx("stat", &abs)?;
+        let st = scan::stat_of(&m);
+        match entries.get(p) {
+            Some(EntryKind::File { size, mtime_ns, .. })
+                if *size == st.size && *mtime_ns == st.mtime_ns =>
+            {
+                Ok(())
+            }
+            _ => Err(Error::Changed(abs)),
+        }
+    };
     let mut files: HashMap<&str, std::fs::File> = HashMap::new();
     for h in window {
         let (p, _, _) = &locs[h];
         if !files.contains_key(p.as_str()) {
             let abs = root.join(p);
-            files.insert(p, std::fs::File::open(&abs).ctx("open", &abs)?);
+            let f = std::fs::File::open(&abs).ctx("open", &abs)?;
+            unchanged(p, &f)?;
+            files.insert(p, f);
         }
     }
-    window
+    let prepared = window
         .par_iter()
         .map(|h| {
             let (p, off, len) = &locs[h];
@@ -426,9 +450,6 @@ fn prepare_window(
             files[p.as_str()]
                 .read_exact_at(&mut raw, *off)
                 .map_err(|_| Error::Changed(root.join(p)))?;
-            if chunker::hash(&raw) != *h {
-                return Err(Error::Changed(root.join(p)));
-            }
             Ok(match compress::compress(&raw) {
                 Some(c) => Prepared {
                     hash: *h,
@@ -444,7 +465,11 @@ fn prepare_window(
                 },
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    for (p, f) in &files {
+        unchanged(p, f)?;
+    }
+    Ok(prepared)
 }
 
 /// End the session politely.

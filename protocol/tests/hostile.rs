@@ -276,3 +276,84 @@ fn an_interrupted_transfer_leaves_no_partial_file_and_is_resumed() {
         0
     );
 }
+
+/// Drive one batch by hand: answer every `Need` from `data` until `BatchDone`; returns the
+/// number of chunks each `Need` asked for.
+fn run_batch(p: &mut Peer, ops: Vec<Op>, data: &[u8], chunks: &[ChunkSpec]) -> Vec<usize> {
+    p.w.msg(&ToSink::Ops { ops }).unwrap();
+    p.w.flush().unwrap();
+    let mut rounds = Vec::new();
+    loop {
+        match p.r.msg::<FromSink>().unwrap() {
+            FromSink::Need { hashes } => {
+                rounds.push(hashes.len());
+                let mut off = 0usize;
+                for ch in chunks {
+                    if hashes.contains(&ch.hash) {
+                        p.w.data(&ch.hash, false, ch.len, &data[off..off + ch.len as usize])
+                            .unwrap();
+                    }
+                    off += ch.len as usize;
+                }
+                p.w.msg(&ToSink::DataEnd).unwrap();
+                p.w.flush().unwrap();
+            }
+            FromSink::BatchDone => return rounds,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_copy_source_changed_during_the_session_is_requested_instead() {
+    let root = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let (a, c) = file_entry("a.bin", &data);
+    let mut p = connect(root.path());
+    let first = run_batch(
+        &mut p,
+        vec![Op::Upsert {
+            entry: a,
+            chunks: Some(c.clone()),
+        }],
+        &data,
+        &c,
+    );
+    assert_eq!(first, vec![c.len()]);
+    p.w.msg(&ToSink::Commit).unwrap();
+    p.w.flush().unwrap();
+    assert!(matches!(
+        p.r.msg::<FromSink>().unwrap(),
+        FromSink::Committed { .. }
+    ));
+    source::bye(&mut p.w).unwrap();
+    p.sink.join().unwrap().unwrap();
+
+    // Next session: the sink plans to copy b.bin from a.bin, but a.bin changes first.
+    let mut p = connect(root.path());
+    fs::write(root.path().join("a.bin"), b"changed by the remote job").unwrap();
+    let (b, c) = file_entry("b.bin", &data);
+    let rounds = run_batch(
+        &mut p,
+        vec![Op::Upsert {
+            entry: b,
+            chunks: Some(c.clone()),
+        }],
+        &data,
+        &c,
+    );
+    assert_eq!(
+        rounds,
+        vec![0, c.len()],
+        "planned as a local copy, then requested"
+    );
+    source::bye(&mut p.w).unwrap();
+    p.sink.join().unwrap().unwrap();
+    assert!(fs::read(root.path().join("b.bin")).unwrap() == data);
+    assert_eq!(
+        fs::read(root.path().join("a.bin")).unwrap(),
+        b"changed by the remote job"
+    );
+}
