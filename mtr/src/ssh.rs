@@ -113,6 +113,12 @@ impl Ssh {
             format!("SSH handshake with {display} failed (is it an SSH server on that port?)")
         })?;
 
+        log::debug!(
+            "{display}: cipher {} / {}, kex {}",
+            session.methods(MethodType::CryptCs).unwrap_or("?"),
+            session.methods(MethodType::CryptSc).unwrap_or("?"),
+            session.methods(MethodType::Kex).unwrap_or("?"),
+        );
         verify_host_key(&session, opts, &name, &known)?;
         session.set_timeout(millis(AUTH_TIMEOUT));
         authenticate(&session, opts, &display)?;
@@ -693,7 +699,12 @@ fn prefer_fast_ciphers(session: &Session) {
             .copied()
             .filter(|c| supported.contains(c))
             .collect();
-        prefs.extend(supported.iter().filter(|c| !prefs.contains(c)));
+        let rest: Vec<&str> = supported
+            .iter()
+            .copied()
+            .filter(|c| !CIPHER_PREFS.contains(c))
+            .collect();
+        prefs.extend(rest);
         if let Err(e) = session.method_pref(method, &prefs.join(",")) {
             log::debug!("cipher preference {prefs:?} refused: {e}");
         }
