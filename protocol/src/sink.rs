@@ -6,8 +6,9 @@
 //! - a file is built in `<root>/.mtr-sync/staging/` and renamed into place: a user-visible file
 //!   is always its old or its new version, and an interrupted build is reused (verified chunk
 //!   by chunk) by the next run;
-//! - chunks already on the sink are copied locally from the files the sink's index says hold
-//!   them (validated by `stat`, verified by hash); only missing chunks are asked for;
+//! - chunks already on the sink are copied locally (`copy_file_range`) from the files the
+//!   sink's index says hold them, trusted only while their `stat` matches the index; only
+//!   missing chunks are asked for, and every received chunk is verified against its hash;
 //! - only paths the sink wrote (its index) are ever deleted; files created on the remote side
 //!   survive.
 
