@@ -91,7 +91,6 @@ pub struct Args {
 impl Args {
     /// Whether to sync before running: false only with `--no-sync` (the last of
     /// `--sync`/`--no-sync` wins).
-    #[allow(dead_code)] // read once commands run remotely
     pub fn sync(&self) -> bool {
         !self.no_sync
     }

@@ -155,7 +155,6 @@ pub struct Settings {
 impl Settings {
     /// The remote directory matching the local current directory: `remote_dir` joined with
     /// `cwd_relative`, `/`-separated (not shell-quoted).
-    #[allow(dead_code)] // read once commands run remotely
     pub fn remote_workdir(&self) -> String {
         let mut dir = self.remote_dir.clone();
         for part in self.cwd_relative.components() {

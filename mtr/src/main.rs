@@ -7,10 +7,13 @@ mod agent_install;
 mod cli;
 mod config;
 mod embedded;
+mod exec;
 mod exit;
 mod ssh;
 mod sync;
 mod ui;
+
+use std::io::IsTerminal;
 
 use anyhow::Result;
 
@@ -39,14 +42,7 @@ fn run(args: &cli::Args) -> Result<i32> {
     for w in &settings.warnings {
         ui.warn(w);
     }
-    if !args.sync_only {
-        return Err(exit::UsageError(
-            "this build of mtr only syncs: use `mtr --sync-only` (running commands is not implemented yet)"
-                .into(),
-        )
-        .into());
-    }
-    if settings.sync != config::SyncEngine::Agent {
+    if settings.sync != config::SyncEngine::Agent && (args.sync() || args.sync_only) {
         return Err(exit::UsageError(format!(
             "sync: {} is not implemented yet in this build; use `sync: agent` (in {})",
             settings.sync,
@@ -55,6 +51,28 @@ fn run(args: &cli::Args) -> Result<i32> {
         .into());
     }
     let ssh = ssh::Ssh::connect(&sync::ssh_options(&settings, &ui))?;
-    sync::sync(&ssh, &settings, &ui, args.dry_run)?;
-    Ok(0)
+    if args.sync_only || args.sync() {
+        sync::sync(&ssh, &settings, &ui, args.dry_run)?;
+    }
+    if args.sync_only {
+        return Ok(0);
+    }
+    let cmd = exec::RemoteCommand {
+        workdir: settings.remote_workdir(),
+        pre_cmd: settings.pre_cmd.clone(),
+        argv: args.command.clone(),
+    };
+    if args.dry_run {
+        println!("would run on {}: {}", ssh.display(), cmd.script());
+        return Ok(0);
+    }
+    let pty = match args.tty() {
+        Some(forced) => forced,
+        None => std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+    };
+    if pty {
+        exec::interactive::run(&ssh, &cmd)
+    } else {
+        exec::batch::run(&ssh, &cmd)
+    }
 }
