@@ -169,7 +169,7 @@ mod tests {
             .map(|c| c.len as u64)
             .sum();
         assert!(
-            new_bytes <= 2 * 256 << 10,
+            new_bytes <= (2 * 256) << 10,
             "{new_bytes} new bytes after a 96-byte insertion"
         );
     }

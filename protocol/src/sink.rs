@@ -483,7 +483,7 @@ impl Sink {
     /// contiguous on both sides into one `copy_file_range`. A source whose `stat` no longer
     /// matches the index is not trusted: its copies are returned to be requested instead.
     fn copy_local(&mut self, staged: &[Staged], mut copies: Vec<Copy>) -> Result<Vec<Copy>> {
-        copies.sort_by(|a, b| (a.idx, a.off).cmp(&(b.idx, b.off)));
+        copies.sort_by_key(|c| (c.idx, c.off));
         let mut sources: HashMap<String, Option<File>> = HashMap::new();
         let mut failed = Vec::new();
         let mut i = 0;
