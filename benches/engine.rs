@@ -1,0 +1,154 @@
+//! Micro benchmarks of the sync engine's CPU work, on 16 MiB seeded inputs of four kinds
+//! (random, source-like text, zeros, fp16 weights), reported as bytes per second:
+//!
+//! - `fastcdc`: FastCDC v2020 boundaries alone, with the chunker's parameters;
+//! - `chunker`: `protocol::chunker::Chunker::default().chunk()` (boundaries + BLAKE3, fused);
+//! - `blake3`: BLAKE3 alone, over the whole buffer and over 64 KiB pieces;
+//! - `compress`: `protocol::compress::compress` chunk by chunk, and zstd levels 1 and 3 directly
+//!   on the same chunks for comparison (text and fp16; the ratios are printed once at start).
+//!
+//! Run: `cargo bench --bench engine` (a short run: 10 samples, 2 s each).
+//! Filter: `cargo bench --bench engine -- chunker/fp16`.
+//! Compare with a saved baseline:
+//!
+//! ```text
+//! git stash; cargo bench --bench engine -- --save-baseline main; git stash pop
+//! cargo bench --bench engine -- --baseline main
+//! ```
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use mtr_benches::inputs;
+use protocol::chunker::Chunker;
+
+const LEN: usize = 16 << 20;
+
+/// The four kinds of input, generated once from fixed seeds.
+fn corpus() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("random", inputs::random(LEN, 1)),
+        ("text", inputs::text(LEN, 2)),
+        ("zeros", vec![0u8; LEN]),
+        ("fp16", inputs::fp16(LEN, 4)),
+    ]
+}
+
+fn group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+) -> BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Bytes(LEN as u64));
+    g
+}
+
+fn chunking(c: &mut Criterion) {
+    let corpus = corpus();
+    let chunker = Chunker::default();
+
+    let mut g = group(c, "fastcdc");
+    for (kind, data) in &corpus {
+        g.bench_function(*kind, |b| {
+            b.iter(|| {
+                fastcdc::v2020::FastCDC::new(black_box(data), chunker.min, chunker.avg, chunker.max)
+                    .count()
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = group(c, "chunker");
+    for (kind, data) in &corpus {
+        g.bench_function(*kind, |b| b.iter(|| chunker.chunk(black_box(data))));
+    }
+    g.finish();
+
+    let mut g = group(c, "blake3");
+    let (_, data) = &corpus[0];
+    g.bench_function("whole", |b| b.iter(|| blake3::hash(black_box(data))));
+    g.bench_function("64KiB_pieces", |b| {
+        b.iter(|| {
+            data.chunks(64 << 10)
+                .map(|p| blake3::hash(black_box(p)).as_bytes()[0])
+                .fold(0u8, |a, x| a ^ x)
+        })
+    });
+    g.finish();
+}
+
+/// An input and its chunk boundaries: compression works chunk by chunk.
+struct Chunked {
+    kind: &'static str,
+    data: Vec<u8>,
+    chunks: Vec<(usize, usize)>,
+}
+
+impl Chunked {
+    /// `f` applied to every chunk, summed.
+    fn each(&self, f: impl Fn(&[u8]) -> usize) -> usize {
+        self.chunks
+            .iter()
+            .map(|&(o, l)| f(black_box(&self.data[o..o + l])))
+            .sum()
+    }
+}
+
+fn compression(c: &mut Criterion) {
+    let chunker = Chunker::default();
+    let inputs: Vec<Chunked> = corpus()
+        .into_iter()
+        .filter(|(kind, _)| matches!(*kind, "text" | "fp16"))
+        .map(|(kind, data)| {
+            let chunks = chunker
+                .chunk(&data)
+                .iter()
+                .map(|c| (c.offset as usize, c.len as usize))
+                .collect();
+            Chunked { kind, data, chunks }
+        })
+        .collect();
+
+    for input in &inputs {
+        let ratio = |f: &dyn Fn(&[u8]) -> usize| input.each(f) as f64 / LEN as f64;
+        let ours = ratio(&|c| protocol::compress::compress(c).map_or(c.len(), |z| z.len()));
+        let z1 = ratio(&|c| zstd::bulk::compress(c, 1).unwrap().len());
+        let z3 = ratio(&|c| zstd::bulk::compress(c, 3).unwrap().len());
+        eprintln!(
+            "{}: {} chunks; size after protocol::compress {ours:.3}, zstd -1 {z1:.3}, \
+             zstd -3 {z3:.3}",
+            input.kind,
+            input.chunks.len()
+        );
+    }
+
+    let mut g = group(c, "compress");
+    for input in &inputs {
+        let kind = input.kind;
+        g.bench_function(format!("protocol/{kind}"), |b| {
+            b.iter(|| input.each(|c| protocol::compress::compress(c).map_or(0, |z| z.len())))
+        });
+        g.bench_function(format!("zstd1/{kind}"), |b| {
+            b.iter(|| input.each(|c| zstd::bulk::compress(c, 1).unwrap().len()))
+        });
+        g.bench_function(format!("zstd3/{kind}"), |b| {
+            b.iter(|| input.each(|c| zstd::bulk::compress(c, 3).unwrap().len()))
+        });
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = chunking, compression
+}
+criterion_main!(benches);
