@@ -9,6 +9,9 @@ use std::os::fd::FromRawFd;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {

@@ -20,6 +20,8 @@ pub struct Chunker {
     pub min: u32,
     pub avg: u32,
     pub max: u32,
+    /// Inputs larger than this are cut into segments of this size, chunked in parallel.
+    pub segment: u64,
 }
 
 impl Default for Chunker {
@@ -28,6 +30,7 @@ impl Default for Chunker {
             min: 16 << 10,
             avg: 64 << 10,
             max: 256 << 10,
+            segment: 256 << 20,
         }
     }
 }
@@ -39,6 +42,7 @@ impl Chunker {
             min: self.min,
             avg: self.avg,
             max: self.max,
+            segment: self.segment,
         }
     }
 
@@ -48,6 +52,27 @@ impl Chunker {
         if data.is_empty() {
             return Vec::new();
         }
+        let segment = self.segment as usize;
+        if data.len() > segment {
+            // Large inputs: fixed segments chunked on all cores. A segment start is a forced
+            // boundary, so an insertion costs at most one extra chunk per segment after it.
+            return data
+                .par_chunks(segment)
+                .enumerate()
+                .flat_map_iter(|(i, seg)| {
+                    let base = (i * segment) as u64;
+                    self.chunk_segment(seg).into_iter().map(move |c| ChunkRef {
+                        offset: c.offset + base,
+                        ..c
+                    })
+                })
+                .collect();
+        }
+        self.chunk_segment(data)
+    }
+
+    fn chunk_segment(&self, data: &[u8]) -> Vec<ChunkRef> {
+        use rayon::prelude::*;
         let bounds: Vec<(usize, usize)> =
             fastcdc::v2020::FastCDC::new(data, self.min, self.avg, self.max)
                 .map(|c| (c.offset, c.length))
@@ -172,6 +197,37 @@ mod tests {
             new_bytes <= (2 * 256) << 10,
             "{new_bytes} new bytes after a 96-byte insertion"
         );
+    }
+
+    #[test]
+    fn segments_cover_large_inputs_and_bound_the_cost_of_an_insertion() {
+        let c = Chunker {
+            segment: 1 << 20,
+            ..Chunker::default()
+        };
+        let data = pseudo_random(5 << 20, 11);
+        let a = c.chunk(&data);
+        let mut off = 0;
+        for ch in &a {
+            assert_eq!(ch.offset, off);
+            assert_eq!(
+                ch.hash,
+                hash(&data[off as usize..(off + ch.len as u64) as usize])
+            );
+            off += ch.len as u64;
+        }
+        assert_eq!(off, data.len() as u64);
+        let mut edited = vec![b'x'; 100];
+        edited.extend_from_slice(&data);
+        let old: std::collections::HashSet<_> = a.iter().map(|c| c.hash).collect();
+        let new_bytes: u64 = c
+            .chunk(&edited)
+            .iter()
+            .filter(|ch| !old.contains(&ch.hash))
+            .map(|ch| ch.len as u64)
+            .sum();
+        // At most about two chunks per segment.
+        assert!(new_bytes <= (6 * 2 * 256) << 10, "{new_bytes}");
     }
 
     #[test]

@@ -11,6 +11,24 @@ pub const LEVEL: i32 = 1;
 /// Bytes of a chunk compressed first to decide whether the rest is worth compressing.
 const SAMPLE: usize = 8 << 10;
 
+thread_local! {
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// zstd with a per-thread context (creating one per chunk costs more than small chunks).
+fn zcompress(raw: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = zstd::bulk::Compressor::new(LEVEL).ok();
+        }
+        c.as_mut()?.compress(raw).ok()
+    })
+}
+
 /// Compress `raw`; `None` when it would not be at least 1/8 smaller, in which case sending it
 /// raw costs less than the CPU on both sides. Large chunks are judged by a sample first, so
 /// incompressible data (fp16 weights keep ~92% of their size) costs little CPU.
@@ -22,12 +40,12 @@ pub fn compress(raw: &[u8]) -> Option<Vec<u8>> {
     if raw.len() > 4 * SAMPLE {
         let mid = raw.len() / 2;
         let sample = &raw[mid..mid + SAMPLE];
-        let out = zstd::bulk::compress(sample, LEVEL).ok()?;
+        let out = zcompress(sample)?;
         if !worth(SAMPLE, out.len()) {
             return None;
         }
     }
-    let out = zstd::bulk::compress(raw, LEVEL).ok()?;
+    let out = zcompress(raw)?;
     worth(raw.len(), out.len()).then_some(out)
 }
 
@@ -39,7 +57,14 @@ pub fn decompress(payload: &[u8], raw_len: u32) -> Result<Vec<u8>> {
             "chunk of {raw_len} bytes is over the limit"
         )));
     }
-    let out = zstd::bulk::decompress(payload, raw_len)
+    let out = DECOMPRESSOR
+        .with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = Some(zstd::bulk::Decompressor::new()?);
+            }
+            d.as_mut().expect("just set").decompress(payload, raw_len)
+        })
         .map_err(|e| Error::Protocol(format!("corrupt compressed chunk: {e}")))?;
     if out.len() != raw_len {
         return Err(Error::Protocol(format!(

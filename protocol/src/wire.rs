@@ -135,6 +135,7 @@ pub struct ChunkerId {
     pub min: u32,
     pub avg: u32,
     pub max: u32,
+    pub segment: u64,
 }
 
 /// The sink's persisted record of a path it wrote.
