@@ -22,6 +22,8 @@ use crate::wire::{ChunkSpec, EntryKind, SourceIndex, SourceIndexEntry, StatKey, 
 
 /// Files at least this large are memory-mapped instead of read.
 const MMAP_MIN: u64 = 1 << 20;
+/// Files modified this close before the previous scan are hashed again (see `scan`).
+const RACY_WINDOW_NS: i64 = 100_000_000;
 /// Name of mtr's own ignore file, honoured at every level.
 pub const MTRIGNORE: &str = ".mtrignore";
 
@@ -308,11 +310,18 @@ pub fn scan(
         }
         _ => HashMap::new(),
     };
-    // A file modified within this window of the last scan could have changed without its
-    // mtime changing (same clock tick): hash it again.
-    let trusted_before = index
-        .map(|i| i.scanned_at_ns - 2_000_000_000)
-        .unwrap_or(i64::MIN);
+    // A file modified within a clock tick of the last scan could have changed again without
+    // its mtime changing: hash it again. Nanosecond timestamps tick in milliseconds; a
+    // whole-second mtime suggests a coarse filesystem (FAT, some NFS), which gets 2 s.
+    let scanned_at = index.map(|i| i.scanned_at_ns).unwrap_or(i64::MIN);
+    let trusted = |st: &StatKey| {
+        let window = if st.mtime_ns % 1_000_000_000 == 0 {
+            2_000_000_000
+        } else {
+            RACY_WINDOW_NS
+        };
+        st.mtime_ns < scanned_at.saturating_sub(window)
+    };
 
     let mut tree = Tree::default();
     let mut to_hash: Vec<(String, StatKey)> = Vec::new();
@@ -330,7 +339,7 @@ pub fn scan(
             Item::File(p, st, mode) => {
                 modes.insert(p.clone(), mode);
                 match known.get(p.as_str()) {
-                    Some(e) if e.stat == st && st.mtime_ns < trusted_before => {
+                    Some(e) if e.stat == st && trusted(&st) => {
                         reused.push((p, st, e.chunks.clone()))
                     }
                     _ => to_hash.push((p, st)),
@@ -472,6 +481,14 @@ mod tests {
         assert_eq!(t1.entries, t2.entries);
         // A racily-clean entry (modified right before the scan) is hashed again.
         ix.scanned_at_ns -= 10_000_000_000;
+        ix.scanned_at_ns = fs::metadata(r.join("a/x.py"))
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64
+            + 50_000_000;
         let (t3, _) = scan(r, &f, Some(&ix), &c, &NoProgress).unwrap();
         assert_eq!(t3.files_hashed, 1);
     }
