@@ -12,6 +12,7 @@ use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -134,6 +135,13 @@ impl Ssh {
     /// The underlying session (for PTY requests, SFTP, keepalives).
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// The connection's TCP socket, for polling while the session is non-blocking.
+    pub fn socket(&self) -> BorrowedFd<'_> {
+        // SAFETY: the session owns the stream it was given in `connect` and keeps it open for
+        // as long as it lives, which outlives the borrow of `self`.
+        unsafe { BorrowedFd::borrow_raw(self.session.as_raw_fd()) }
     }
 
     /// Opens a session channel without starting anything, so the caller can request a PTY or

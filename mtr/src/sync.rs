@@ -76,7 +76,7 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool) -> Result<Outcome> 
         index_path: cache_dir().join("index").join(key(&[&root])),
         state_path: cache_dir()
             .join("state")
-            .join(key(&[&root, &ssh.display(), &agent.ack.root])),
+            .join(key(&[&root, ssh.display(), &agent.ack.root])),
         dry_run,
     };
     let (sent0, recv0) = (agent.writer.bytes_sent(), agent.reader.bytes_received());

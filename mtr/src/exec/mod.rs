@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod interactive;
+mod terminal;
 
 /// What to run remotely.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +24,7 @@ impl RemoteCommand {
     /// expand.
     pub fn script(&self) -> String {
         let dir = match self.workdir.strip_prefix("~/") {
-            Some(rest) if rest.is_empty() => "~".to_string(),
+            Some("") => "~".to_string(),
             Some(rest) => format!("~/{}", shell_words::quote(rest)),
             None if self.workdir == "~" => "~".to_string(),
             None => shell_words::quote(&self.workdir).into_owned(),
