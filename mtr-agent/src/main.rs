@@ -1,7 +1,10 @@
-//! `mtr-agent`: the remote helper. `mtr` uploads it (static musl) and runs `mtr-agent serve`
-//! over an SSH exec channel; it greets with [`protocol::wire::MAGIC`] and then serves one sync
-//! session as the sink on stdin/stdout. It never prompts and never prints to stdout outside
+//! `mtr-agent`: the remote helper. `mtr` uploads it (static musl) and runs it over an SSH exec
+//! channel. `mtr-agent serve` greets with [`protocol::wire::MAGIC`] and then serves one sync
+//! session as the sink on stdin/stdout; `mtr-agent run` greets the same way and supervises one
+//! command of mtr's batch mode ([`run`]). It never prompts and never prints to stdout outside
 //! the protocol; diagnostics go to stderr.
+
+mod run;
 
 use std::fs::File;
 use std::io::Write;
@@ -16,6 +19,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {
         Some("serve") => serve(),
+        Some("run") => run(),
         Some("--version") | Some("-V") => {
             println!(
                 "mtr-agent {VERSION} (protocol {})",
@@ -24,7 +28,7 @@ fn main() {
             0
         }
         _ => {
-            eprintln!("usage: mtr-agent serve | --version\n(mtr-agent is started by mtr over SSH; it is not meant to be run by hand)");
+            eprintln!("usage: mtr-agent serve | run | --version\n(mtr-agent is started by mtr over SSH; it is not meant to be run by hand)");
             2
         }
     };
@@ -45,4 +49,23 @@ fn serve() -> i32 {
             1
         }
     }
+}
+
+/// Greets on stdout, then on stderr too (mtr drops what the login shell and the launch script
+/// wrote there before it), and supervises the command; stdout is the command's from then on.
+fn run() -> i32 {
+    if std::io::stdout()
+        .write_all(protocol::wire::MAGIC)
+        .and_then(|()| std::io::stdout().flush())
+        .is_err()
+    {
+        return run::FAILURE;
+    }
+    let _ = std::io::stderr().write_all(protocol::wire::MAGIC);
+    // Orphans of the command become ours, so the agent can reap them while it cleans up.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    // SAFETY: fd 0 is open for the life of the process and read only by the supervisor.
+    let stdin = unsafe { File::from_raw_fd(0) };
+    run::supervise(stdin, run::Config::from_env())
 }

@@ -1,6 +1,6 @@
 //! Puts `mtr-agent` on the server and starts it over an SSH exec channel: one `sh -c` script
 //! checks the OS and architecture, finds an installed agent of exactly this build and runs it
-//! (`mtr-agent serve`); when there is none, a second script streams the carried binary into a
+//! (`mtr-agent serve` for a sync, `mtr-agent run` for a batch command); when there is none, a second script streams the carried binary into a
 //! private directory (temp name, size check, `chmod`, `rename`), and the first runs again.
 //! The agent's greeting ([`protocol::wire::MAGIC`]) is looked for past any login-shell noise,
 //! then the protocol handshake checks its version.
@@ -64,6 +64,39 @@ pub struct AgentSession {
 /// Installs the agent if needed, starts it and greets it for `remote_dir`.
 pub fn start(ssh: &Ssh, remote_dir: &str) -> Result<AgentSession> {
     AgentSession::start(ssh, remote_dir)
+}
+
+/// What the agent is started for: its subcommand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// `mtr-agent serve`: one sync session, after the protocol handshake.
+    Serve,
+    /// `mtr-agent run`: supervise one command (batch mode); no handshake.
+    Run,
+}
+
+/// A `mtr-agent run` that greeted, waiting for its `ToRunner::Start`. Its channel's stdout and
+/// stderr become the command's; on stderr, what precedes the agent's second greeting
+/// ([`MAGIC`]) is the login shell's and the launch script's.
+pub struct Runner {
+    pub channel: ssh2::Channel,
+    /// Stdout read past the greeting while looking for it (the command's, so normally none).
+    pub stdout: Vec<u8>,
+    /// Where the agent's executable is on the server.
+    pub remote_path: String,
+}
+
+/// Installs the agent if needed and starts `mtr-agent run`.
+pub fn start_runner(ssh: &Ssh) -> Result<Runner> {
+    match start_mode(ssh, Mode::Run, "", &Agent::embedded(), &Layout::default())? {
+        Started::Runner(r) => Ok(r),
+        Started::Session(_) => unreachable!("run mode yields a runner"),
+    }
+}
+
+enum Started {
+    Session(Box<AgentSession>),
+    Runner(Runner),
 }
 
 impl AgentSession {
@@ -212,7 +245,18 @@ pub(crate) fn sh_c(script: &str) -> String {
 /// The script that finds and runs an installed agent. It reports on stderr, one
 /// `mtr-launch: ...` line per event (see [`LaunchReport`]), and on stdout prints
 /// `MTR-PATH=<base> <path>` right before running an agent.
-pub(crate) fn launch_script(agent: &Agent, layout: &Layout) -> String {
+///
+/// `serve` runs in a subshell whose status 126 means "cannot execute" (a noexec mount): the
+/// next base is tried. `run` cannot: its status is the user's command's, 126 included, so the
+/// script first checks that the agent executes (`--version`), then `exec`s it.
+pub(crate) fn launch_script(agent: &Agent, layout: &Layout, mode: Mode) -> String {
+    let start = match mode {
+        Mode::Serve => "(umask $um; exec \"$p\" serve); rc=$?; ",
+        Mode::Run => {
+            "\"$p\" --version >/dev/null 2>&1; rc=$?; \
+             if [ $rc -ne 126 ]; then umask $um; exec \"$p\" run; fi; "
+        }
+    };
     format!(
         "um=$(umask); umask 077; {fns}sub={sub}; os=$(uname -s); arch=$(uname -m); \
          if [ \"$os $arch\" = \"{uname}\" ]; then :; else \
@@ -221,7 +265,7 @@ pub(crate) fn launch_script(agent: &Agent, layout: &Layout) -> String {
          b=$(mtr_base $i); p=\"$b/agent/$sub/mtr-agent\"; \
          if [ -n \"$b\" ] && [ -f \"$p\" ]; then \
          if mtr_safe \"$b\"; then \
-         echo \"mtr-launch: run $i $p\" >&2; echo \"MTR-PATH=$i $p\"; (umask $um; exec \"$p\" serve); rc=$?; \
+         echo \"mtr-launch: run $i $p\" >&2; echo \"MTR-PATH=$i $p\"; {start}\
          if [ $rc -eq 126 ]; then echo \"mtr-launch: noexec $i $p\" >&2; else exit $rc; fi; \
          else echo \"mtr-launch: unsafe $i $b\" >&2; fi; fi; \
          i=$((i+1)); done; echo \"mtr-launch: missing\" >&2; exit {EXIT_MISSING}",
@@ -356,18 +400,42 @@ enum Launch {
 }
 
 fn start_with(ssh: &Ssh, remote_dir: &str, agent: &Agent, layout: &Layout) -> Result<AgentSession> {
+    match start_mode(ssh, Mode::Serve, remote_dir, agent, layout)? {
+        Started::Session(s) => Ok(*s),
+        Started::Runner(_) => unreachable!("serve mode yields a session"),
+    }
+}
+
+fn start_mode(
+    ssh: &Ssh,
+    mode: Mode,
+    remote_dir: &str,
+    agent: &Agent,
+    layout: &Layout,
+) -> Result<Started> {
     let host = ssh.display().to_string();
     let mut installed: Vec<usize> = Vec::new();
     let mut unusable: Vec<String> = Vec::new();
     let mut reinstalled = false;
     for _ in 0..MAX_ROUNDS {
-        match launch(ssh, agent, layout)? {
+        match launch(ssh, agent, layout, mode)? {
             Launch::Greeted {
                 mut channel,
                 mut reader,
                 base,
                 path,
             } => {
+                if mode == Mode::Run {
+                    // The path is keyed by this build's hash: no version check needed.
+                    let stdout = reader.get_mut().buffer().to_vec();
+                    drop(reader);
+                    log::debug!("mtr-agent run started on {host} from {path}");
+                    return Ok(Started::Runner(Runner {
+                        channel,
+                        stdout,
+                        remote_path: path,
+                    }));
+                }
                 let mut writer = FrameWriter::new(channel.stream(0));
                 match protocol::source::handshake(
                     &mut reader,
@@ -377,7 +445,7 @@ fn start_with(ssh: &Ssh, remote_dir: &str, agent: &Agent, layout: &Layout) -> Re
                 ) {
                     Ok(ack) => {
                         log::debug!("mtr-agent {} running on {host} from {path}", ack.version);
-                        return Ok(AgentSession {
+                        return Ok(Started::Session(Box::new(AgentSession {
                             reader,
                             writer,
                             ack,
@@ -385,7 +453,7 @@ fn start_with(ssh: &Ssh, remote_dir: &str, agent: &Agent, layout: &Layout) -> Re
                             session: ssh.session().clone(),
                             remote_path: path,
                             host,
-                        });
+                        })));
                     }
                     Err(e) => {
                         let mismatch = matches!(e, protocol::Error::Version(_));
@@ -482,10 +550,10 @@ fn reasons(report: &LaunchReport, unusable: &[String]) -> String {
 }
 
 /// Runs the launch script and reads up to the agent's greeting.
-fn launch(ssh: &Ssh, agent: &Agent, layout: &Layout) -> Result<Launch> {
+fn launch(ssh: &Ssh, agent: &Agent, layout: &Layout, mode: Mode) -> Result<Launch> {
     let host = ssh.display();
     let mut channel = ssh
-        .exec(&sh_c(&launch_script(agent, layout)))
+        .exec(&sh_c(&launch_script(agent, layout, mode)))
         .with_context(|| format!("cannot start mtr-agent on {host}"))?;
     let mut reader = FrameReader::new(channel.stream(0));
     match skip_to_magic(reader.get_mut(), MAGIC, NOISE_LIMIT) {
@@ -673,7 +741,8 @@ mod tests {
     fn scripts_are_one_line_of_plain_characters() {
         let a = agent(SCRIPT);
         for script in [
-            launch_script(&a, &Layout::default()),
+            launch_script(&a, &Layout::default(), Mode::Serve),
+            launch_script(&a, &Layout::default(), Mode::Run),
             install_script(&a, &Layout::default(), 0),
         ] {
             assert!(!script.contains(['\'', '\\', '!', '\n']), "{script}");
@@ -685,7 +754,7 @@ mod tests {
     #[test]
     fn commands_survive_every_login_shell_present() {
         let dir = tempfile::tempdir().unwrap();
-        let script = launch_script(&agent(SCRIPT), &layout(dir.path()));
+        let script = launch_script(&agent(SCRIPT), &layout(dir.path()), Mode::Serve);
         for shell in ["sh", "bash", "dash", "zsh", "fish", "tcsh", "csh"] {
             if Command::new("sh")
                 .arg("-c")
@@ -706,7 +775,7 @@ mod tests {
     fn installs_privately_then_launches() {
         let dir = tempfile::tempdir().unwrap();
         let (a, l) = (agent(SCRIPT), layout(dir.path()));
-        let (status, _, stderr) = run(&launch_script(&a, &l), b"");
+        let (status, _, stderr) = run(&launch_script(&a, &l, Mode::Serve), b"");
         assert_eq!(status, EXIT_MISSING, "{stderr}");
         let report = LaunchReport::parse(&stderr);
         assert!(report.missing && report.runs.is_empty());
@@ -723,7 +792,7 @@ mod tests {
         assert_eq!(mode(&dir.path().join("b0")), 0o700);
         assert_eq!(mode(&dir.path().join("b0/agent")), 0o700);
 
-        let (status, stdout, stderr) = run(&launch_script(&a, &l), b"");
+        let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Serve), b"");
         assert_eq!(status, 0, "{stderr}");
         assert_eq!(
             stdout,
@@ -782,7 +851,7 @@ mod tests {
             .join("b0/agent/0.1.0-linux-x86_64-0123456789abcdef/mtr-agent");
         fs::set_permissions(&first, fs::Permissions::from_mode(0o600)).unwrap();
 
-        let (status, stdout, stderr) = run(&launch_script(&a, &l), b"");
+        let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Serve), b"");
         assert_eq!(status, 0, "{stderr}");
         assert!(stdout.ends_with("agent serve\n"), "{stdout}");
         let (found, _) = split_noise(stdout.as_bytes());
@@ -791,6 +860,34 @@ mod tests {
         assert_eq!(report.noexec, [(0, first.display().to_string())]);
         assert_eq!(report.runs.len(), 2);
         assert_eq!(report.failed_run(), Some(&report.runs[1]));
+    }
+
+    #[test]
+    fn run_mode_passes_the_status_through_and_still_skips_noexec() {
+        // An agent whose "command" exits 126, which must not read as "cannot execute".
+        const RUN: &[u8] =
+            b"#!/bin/sh\n[ \"$1\" = --version ] && exit 0\necho \"agent $1\"\nexit 126\n";
+        let dir = tempfile::tempdir().unwrap();
+        let (a, l) = (agent(RUN), layout(dir.path()));
+        for base in [0, 2] {
+            let (status, _, stderr) = run(&install_script(&a, &l, base), RUN);
+            assert_eq!(status, 0, "{stderr}");
+        }
+        let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Run), b"");
+        assert_eq!(status, 126, "{stderr}");
+        assert!(stdout.ends_with("agent run\n"), "{stdout}");
+        assert_eq!(split_noise(stdout.as_bytes()).0.unwrap().0, 0);
+        assert!(LaunchReport::parse(&stderr).noexec.is_empty(), "{stderr}");
+
+        let first = dir
+            .path()
+            .join("b0/agent/0.1.0-linux-x86_64-0123456789abcdef/mtr-agent");
+        fs::set_permissions(&first, fs::Permissions::from_mode(0o600)).unwrap();
+        let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Run), b"");
+        assert_eq!(status, 126, "{stderr}");
+        assert_eq!(split_noise(stdout.as_bytes()).0.unwrap().0, 2);
+        let report = LaunchReport::parse(&stderr);
+        assert_eq!(report.noexec, [(0, first.display().to_string())]);
     }
 
     #[test]
@@ -810,7 +907,7 @@ mod tests {
         fs::create_dir_all(&planted).unwrap();
         fs::write(planted.join("mtr-agent"), SCRIPT).unwrap();
         fs::set_permissions(planted.join("mtr-agent"), fs::Permissions::from_mode(0o700)).unwrap();
-        let (status, stdout, stderr) = run(&launch_script(&a, &l), b"");
+        let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Serve), b"");
         assert_eq!(status, EXIT_MISSING, "{stdout}{stderr}");
         let report = LaunchReport::parse(&stderr);
         assert_eq!(report.unsafe_bases.len(), 1);
@@ -836,7 +933,7 @@ mod tests {
             arch: "riscv64",
             ..agent(SCRIPT)
         };
-        let (status, _, stderr) = run(&launch_script(&a, &layout(dir.path())), b"");
+        let (status, _, stderr) = run(&launch_script(&a, &layout(dir.path()), Mode::Serve), b"");
         assert_eq!(status, EXIT_UNSUPPORTED, "{stderr}");
         let report = LaunchReport::parse(&stderr);
         let (os, arch) = report.unsupported.unwrap();

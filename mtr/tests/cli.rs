@@ -23,14 +23,21 @@ fn init_writes_a_template_once_and_never_overwrites() {
             .unwrap()
     };
     let out = run();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let written = fs::read_to_string(dir.path().join(".mtr/config.yaml")).unwrap();
     assert!(written.contains("servers:"));
     fs::write(dir.path().join(".mtr/config.yaml"), "mine").unwrap();
     let out = run();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("config.yaml"));
-    assert_eq!(fs::read_to_string(dir.path().join(".mtr/config.yaml")).unwrap(), "mine");
+    assert_eq!(
+        fs::read_to_string(dir.path().join(".mtr/config.yaml")).unwrap(),
+        "mine"
+    );
 }
 
 #[test]
@@ -39,15 +46,32 @@ fn dry_run_prints_the_plan_and_the_command_and_changes_nothing() {
     p.write("train.py", "print(1)");
     let out = p
         .mtr()
-        .args(["--no-tty", "--dry-run", "python3", "train.py", "--epochs", "10"])
+        .args([
+            "--no-tty",
+            "--dry-run",
+            "python3",
+            "train.py",
+            "--epochs",
+            "10",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("+ train.py"), "{stdout}");
     assert!(stdout.contains("would run on"), "{stdout}");
-    assert!(stdout.contains("exec python3 train.py --epochs 10"), "{stdout}");
-    assert!(!p.remote().join("train.py").exists(), "--dry-run changed the remote");
+    assert!(
+        stdout.contains("exec python3 train.py --epochs 10"),
+        "{stdout}"
+    );
+    assert!(
+        !p.remote().join("train.py").exists(),
+        "--dry-run changed the remote"
+    );
 }
 
 #[test]
@@ -69,7 +93,10 @@ fn password_from_the_config_authenticates_natively() {
     let out = p.mtr().args(["--no-tty", "--sync-only"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}\n{}", p.server.log());
-    assert!(stderr.contains("warning") && stderr.contains("config.yaml"), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("config.yaml"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("s3cret"), "the password leaked: {stderr}");
     p.assert_synced();
 

@@ -49,6 +49,20 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     Ok(value)
 }
 
+/// One message frame as bytes, for callers that queue frames themselves (a non-blocking
+/// writer) instead of writing through a [`FrameWriter`].
+pub fn msg_frame<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut w = FrameWriter {
+        w: BufWriter::with_capacity(0, &mut out),
+        sent: 0,
+    };
+    w.msg(value)?;
+    w.flush()?;
+    drop(w);
+    Ok(out)
+}
+
 /// A chunk of file data on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataFrame {
@@ -419,6 +433,16 @@ mod tests {
             let mut r = FrameReader::new(&buf[..]);
             while let Ok(Some(_)) = r.frame::<ToSink>() {}
         }
+    }
+
+    #[test]
+    fn a_queued_frame_reads_back_like_a_written_one() {
+        use crate::wire::{Bytes, ToRunner};
+        let msg = ToRunner::Stdin(Bytes(vec![0, 1, 2, 255]));
+        let bytes = msg_frame(&msg).unwrap();
+        assert_eq!(bytes, roundtrip_bytes(|w| w.msg(&msg).unwrap()));
+        assert_eq!(bytes.len(), 4 + 1 + 1 + 1 + 4, "bytes travel as one string");
+        assert_eq!(FrameReader::new(&bytes[..]).msg::<ToRunner>().unwrap(), msg);
     }
 
     #[test]

@@ -192,3 +192,64 @@ pub struct SyncState {
     pub token: Option<Hash>,
     pub entries: Vec<Entry>,
 }
+
+/// mtr → `mtr-agent run` (batch mode): the command to supervise, then its input and control.
+/// The agent answers nothing: after its greeting, its stdout and stderr are the command's.
+/// Signal numbers are the ones Linux and the BSDs share (HUP 1, INT 2, QUIT 3, KILL 9, PIPE 13,
+/// TERM 15).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ToRunner {
+    /// First message: run `$SHELL -c script` in a new process group, with `env` added.
+    /// `heartbeat_ms`: when nothing arrives from mtr for that long while the agent is reading,
+    /// mtr is taken as gone (0: never); mtr sends `Ping` well within it.
+    Start {
+        script: String,
+        env: Vec<(String, String)>,
+        heartbeat_ms: u32,
+    },
+    /// Bytes for the command's stdin.
+    Stdin(Bytes),
+    /// The command's stdin ends.
+    StdinEof,
+    /// Deliver this signal to the command's process group.
+    Signal(i32),
+    /// Stop the command: SIGTERM to its group, SIGKILL after a grace period.
+    Kill,
+    /// mtr is alive.
+    Ping,
+}
+
+/// A byte string on the wire (one length and the bytes, not a sequence of numbers).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Bytes(pub Vec<u8>);
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+        }
+        d.deserialize_byte_buf(Visitor)
+    }
+}

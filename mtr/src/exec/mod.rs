@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod interactive;
+pub mod pump;
 mod terminal;
 
 /// What to run remotely.
