@@ -109,6 +109,30 @@ fn main() {
         cmd: mtr_cmd(&["--no-tty", "true"]),
         times: Vec::new(),
     });
+    // The reference tool runs plain `ssh` (and rsync runs it too), and OpenSSH reads the
+    // known_hosts of the passwd user, not $HOME's: a wrapper first on PATH points it at this
+    // home's known_hosts. It costs one `sh` exec (~1 ms) per connection.
+    let wrapper_dir = work.path().join("bin");
+    std::fs::create_dir_all(&wrapper_dir).unwrap();
+    let wrapper = wrapper_dir.join("ssh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec /usr/bin/ssh -oUserKnownHostsFile={} -oStrictHostKeyChecking=yes -oBatchMode=yes \"$@\"\n",
+            home.known_hosts().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path_with_ssh_wrapper = format!(
+        "{}:{}",
+        wrapper_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     if let Some(reference) = std::env::var_os("MTR_REFERENCE") {
         for (name, args) in [
             (
@@ -121,7 +145,7 @@ fn main() {
             ),
         ] {
             let mut c = Command::new(&reference);
-            c.args(args);
+            c.args(args).env("PATH", &path_with_ssh_wrapper);
             rows.push(Row {
                 name,
                 cmd: with_env(c),

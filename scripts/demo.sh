@@ -2,7 +2,7 @@
 # The demo command: on a Debian/Ubuntu machine as root, installs what is missing (setup.sh),
 # builds mtr, starts a throwaway sshd on 127.0.0.1 for a throwaway user (the same recipe as
 # testkit/src/sshd.rs), and syncs a copy of examples/demo to it: first sync, no-op sync, sync
-# after an edit. mtr runs with HOME set to a temp dir, so your ~/.ssh is never touched.
+# after an edit; then runs commands there (`mtr python3 train.py --epochs 3`). mtr runs with HOME set to a temp dir, so your ~/.ssh is never touched.
 # Everything it creates (user, sshd, files) is removed on exit.
 #
 #   scripts/demo.sh            MTR=/path/to/mtr scripts/demo.sh  (use a prebuilt binary)
@@ -121,7 +121,14 @@ mtr --sync-only
 step "what the remote holds (ls -la as $DEMO_USER)"
 runuser -u "$DEMO_USER" -- ls -la "$REMOTE_DIR" "$REMOTE_DIR/data"
 
-# TODO(lead): once `mtr <command>` runs commands remotely, show it here:
-#   step "4. run it there"; mtr python3 hello.py a "b c"; mtr python3 train.py --epochs 3
+step "4. run it there: arguments arrive as typed, output is live, the exit code is the remote's"
+mtr python3 hello.py a "b c" '$HOME' ''
+mtr python3 train.py --epochs 3
+set +e
+mtr --no-sync sh -c 'echo "to stderr" >&2; exit 42'
+status=$?
+set -e
+echo "mtr exited with $status (the remote command's exit code)" >&2
+[ "$status" -eq 42 ] || { echo "demo: expected exit code 42" >&2; exit 1; }
 
 step "done: cleaning up"

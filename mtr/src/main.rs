@@ -50,6 +50,12 @@ fn run(args: &cli::Args) -> Result<i32> {
         ))
         .into());
     }
+    if args.get.is_some() {
+        return Err(exit::UsageError(
+            "--get is not implemented yet in this build; copy the file with scp or rsync".into(),
+        )
+        .into());
+    }
     let ssh = ssh::Ssh::connect(&sync::ssh_options(&settings, &ui))?;
     if args.sync_only || args.sync() {
         sync::sync(&ssh, &settings, &ui, args.dry_run)?;
