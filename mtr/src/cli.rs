@@ -55,7 +55,7 @@ pub struct Args {
 
     /// Download REMOTE_PATH (relative to the server's remote_dir, or absolute) instead of
     /// running a command.
-    #[arg(long = "get", value_name = "REMOTE_PATH")]
+    #[arg(long = "get", value_name = "REMOTE_PATH", conflicts_with = "sync_only")]
     pub get: Option<String>,
 
     /// Where `--get` puts the download (default: `download_dir` from the config, else the

@@ -1111,6 +1111,35 @@ pub fn init(cwd: &Path) -> Result<PathBuf, ConfigError> {
     Ok(path)
 }
 
+/// Settings for unit tests elsewhere in the crate: one server `test`, key-less, agent engine.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    pub fn settings_for(remote_dir: &str) -> Settings {
+        Settings {
+            project_root: PathBuf::from("/project"),
+            cwd_relative: PathBuf::new(),
+            config_files: vec![PathBuf::from("/project/.mtr/config.yaml")],
+            server_name: "test".into(),
+            host: "127.0.0.1".into(),
+            port: 22,
+            user: "u".into(),
+            key_filename: None,
+            password: None,
+            remote_dir: remote_dir.into(),
+            pre_cmd: None,
+            excludes: vec![".mtr/".into()],
+            respect_gitignore: true,
+            sync: SyncEngine::Agent,
+            download_dir: None,
+            strict_host_key_checking: HostKeyPolicy::Yes,
+            connect_timeout: Duration::from_secs(10),
+            warnings: Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

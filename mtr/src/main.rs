@@ -9,6 +9,9 @@ mod config;
 mod embedded;
 mod exec;
 mod exit;
+mod get;
+mod rsync;
+mod sftp;
 mod ssh;
 mod sync;
 mod ui;
@@ -42,27 +45,55 @@ fn run(args: &cli::Args) -> Result<i32> {
     for w in &settings.warnings {
         ui.warn(w);
     }
-    if settings.sync != config::SyncEngine::Agent && (args.sync() || args.sync_only) {
-        return Err(exit::UsageError(format!(
-            "sync: {} is not implemented yet in this build; use `sync: agent` (in {})",
-            settings.sync,
-            settings.describe_sources()
-        ))
-        .into());
+    let download = args
+        .get
+        .as_deref()
+        .map(|remote| get::plan(&settings, remote, args.to.as_deref(), &env.cwd))
+        .transpose()?;
+    let sync = args.sync_only || args.sync();
+    let engine = settings.sync;
+    // rsync brings its own SSH connection; everything else shares this one.
+    if engine == config::SyncEngine::Rsync && sync {
+        rsync::sync(&settings, &ui, args.dry_run)?;
+        if args.sync_only {
+            return Ok(0);
+        }
     }
-    if args.get.is_some() {
-        return Err(exit::UsageError(
-            "--get is not implemented yet in this build; copy the file with scp or rsync".into(),
-        )
-        .into());
+    if let (Some(d), true, config::SyncEngine::Rsync) = (&download, args.command.is_empty(), engine)
+    {
+        rsync::get(&settings, &ui, d, args.dry_run)?;
+        return Ok(0);
     }
     let ssh = ssh::Ssh::connect(&sync::ssh_options(&settings, &ui))?;
-    if args.sync_only || args.sync() {
-        sync::sync(&ssh, &settings, &ui, args.dry_run)?;
+    if sync {
+        match engine {
+            config::SyncEngine::Agent => {
+                sync::sync(&ssh, &settings, &ui, args.dry_run).map(drop)?
+            }
+            config::SyncEngine::Sftp => sftp::sync(&ssh, &settings, &ui, args.dry_run)?,
+            config::SyncEngine::Rsync => {}
+        }
     }
     if args.sync_only {
         return Ok(0);
     }
+    let code = if args.command.is_empty() && download.is_some() {
+        0
+    } else {
+        run_command(&ssh, &settings, args)?
+    };
+    if let Some(d) = &download {
+        match engine {
+            config::SyncEngine::Agent => sync::get(&ssh, &settings, &ui, d, args.dry_run)?,
+            config::SyncEngine::Sftp => sftp::get(&ssh, &settings, &ui, d, args.dry_run)?,
+            config::SyncEngine::Rsync => rsync::get(&settings, &ui, d, args.dry_run)?,
+        }
+    }
+    Ok(code)
+}
+
+/// Runs the command (or, with none, the login shell) and returns its exit code.
+fn run_command(ssh: &ssh::Ssh, settings: &config::Settings, args: &cli::Args) -> Result<i32> {
     let cmd = exec::RemoteCommand {
         workdir: settings.remote_workdir(),
         pre_cmd: settings.pre_cmd.clone(),
@@ -77,8 +108,8 @@ fn run(args: &cli::Args) -> Result<i32> {
         None => std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
     };
     if pty {
-        exec::interactive::run(&ssh, &cmd)
+        exec::interactive::run(ssh, &cmd)
     } else {
-        exec::batch::run(&ssh, &cmd)
+        exec::batch::run(ssh, &cmd)
     }
 }

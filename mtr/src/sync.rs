@@ -116,6 +116,20 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool) -> Result<Outcome> 
     Ok(outcome)
 }
 
+/// Downloads `d.remote` to `d.local` with the agent engine (the agent is the source, mtr the
+/// sink). (Being built: issue 4.)
+pub fn get(
+    _ssh: &Ssh,
+    _s: &Settings,
+    _ui: &Ui,
+    _d: &crate::get::Download,
+    _dry_run: bool,
+) -> Result<()> {
+    anyhow::bail!(crate::exit::UsageError(
+        "--get is not implemented yet in this build".into()
+    ))
+}
+
 fn print_plan(r: &Report, target: &str) {
     // The plan is what --dry-run was asked for: it goes to stdout.
     println!("sync plan for {target}: {} change(s)", r.plan.len());
