@@ -1,6 +1,9 @@
-//! End-to-end: `mtr --sync-only` against `rsync -az --delete`, over a real sshd on loopback,
-//! on a generated project (~10,000 source and object files, ~300 MB, plus 1 GiB of fp16
-//! weights), through scenarios that each tool syncs to its own remote copy, interleaved.
+//! End-to-end: `mtr --sync-only` with each of its engines (`agent`, the default; `rsync`;
+//! `sftp`) against plain `rsync -az --delete`, over a real sshd on loopback, on a generated
+//! project (~10,000 source and object files, ~300 MB, plus 1 GiB of fp16 weights), through
+//! scenarios that each tool syncs to its own remote copy, interleaved. Two download scenarios
+//! close the run: `--get` of the 1 GiB weights file from each tool's remote copy, then again
+//! after 10% of every remote copy changed, against `rsync -az` pulling the same file.
 //!
 //! ```text
 //! sudo cargo bench --bench e2e                          # full size: takes many minutes
@@ -11,7 +14,8 @@
 //! environment:
 //! - `MTR_BENCH_SCALE` (1.0): multiplies every file count and size.
 //! - `MTR_BENCH_REPS` (3): repetitions of each scenario but the first sync; medians reported.
-//! - `MTR_BENCH_TOOLS` (`mtr,rsync`): which tools to run.
+//! - `MTR_BENCH_TOOLS` (`mtr,mtr-rsync,mtr-sftp,rsync`): which tools to run (`mtr` is the
+//!   agent engine, `mtr-rsync` and `mtr-sftp` are mtr with `sync: rsync` / `sync: sftp`).
 //! - `MTR_BENCH_SCENARIOS` (all): comma-separated names to run (the first sync always runs).
 //! - `MTR_BENCH_MTR`: an `mtr` binary to use (absolute, or relative to the workspace);
 //!   otherwise the bench runs `cargo build --release -p mtr` first and uses a copy of
@@ -49,7 +53,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use mtr_benches::probe::{self, median, ProcStats, Watch};
-use mtr_benches::project::{Layout, Project};
+use mtr_benches::project::{overwrite_fp16, Layout, Project};
 use serde_json::json;
 use testkit::gen::tree_equal;
 use testkit::sshd::{LocalHome, Server};
@@ -82,12 +86,18 @@ impl Options {
                     .unwrap_or_else(|_| panic!("{k}={v:?}: expected a number"))
             })
         };
-        let tools = var("MTR_BENCH_TOOLS").map_or(vec![Tool::Mtr, Tool::Rsync], |v| {
+        let tools = var("MTR_BENCH_TOOLS").map_or(Tool::ALL.to_vec(), |v| {
             v.split(',')
-                .map(|t| match t.trim() {
-                    "mtr" => Tool::Mtr,
-                    "rsync" => Tool::Rsync,
-                    other => panic!("MTR_BENCH_TOOLS: unknown tool {other:?} (mtr, rsync)"),
+                .map(|t| {
+                    Tool::ALL
+                        .into_iter()
+                        .find(|tool| tool.name() == t.trim())
+                        .unwrap_or_else(|| {
+                            panic!(
+                                "MTR_BENCH_TOOLS: unknown tool {t:?}; known: {}",
+                                Tool::ALL.map(Tool::name).join(", ")
+                            )
+                        })
                 })
                 .collect()
         });
@@ -127,15 +137,45 @@ impl Options {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tool {
+    /// mtr with its default agent engine.
     Mtr,
+    /// mtr with `sync: rsync`.
+    MtrRsync,
+    /// mtr with `sync: sftp`.
+    MtrSftp,
+    /// Plain `rsync -az --delete` (the baseline).
     Rsync,
 }
 
 impl Tool {
+    const ALL: [Tool; 4] = [Tool::Mtr, Tool::MtrRsync, Tool::MtrSftp, Tool::Rsync];
+
     fn name(self) -> &'static str {
         match self {
             Tool::Mtr => "mtr",
+            Tool::MtrRsync => "mtr-rsync",
+            Tool::MtrSftp => "mtr-sftp",
             Tool::Rsync => "rsync",
+        }
+    }
+
+    /// The server entry in the project's config that selects this engine.
+    fn server(self) -> &'static str {
+        match self {
+            Tool::Mtr => "agent",
+            Tool::MtrRsync => "rsync",
+            Tool::MtrSftp => "sftp",
+            Tool::Rsync => unreachable!("plain rsync has no mtr config"),
+        }
+    }
+
+    /// Names of the remote processes that do this tool's work (for their peak RSS).
+    fn remote_process(self, name: &str) -> bool {
+        match self {
+            Tool::Mtr => name.starts_with("mtr-agent"),
+            Tool::MtrRsync | Tool::Rsync => name.starts_with("rsync"),
+            // internal-sftp runs inside the sshd session process.
+            Tool::MtrSftp => name.starts_with("sshd") || name.starts_with("sftp"),
         }
     }
 }
@@ -149,10 +189,12 @@ enum Scenario {
     RenameDir,
     Overwrite,
     HeadInsert,
+    GetFirst,
+    GetOverwrite,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 9] = [
         Scenario::FirstSync,
         Scenario::NoOp,
         Scenario::EditOne,
@@ -160,6 +202,8 @@ impl Scenario {
         Scenario::RenameDir,
         Scenario::Overwrite,
         Scenario::HeadInsert,
+        Scenario::GetFirst,
+        Scenario::GetOverwrite,
     ];
 
     fn name(self) -> &'static str {
@@ -171,6 +215,8 @@ impl Scenario {
             Scenario::RenameDir => "rename-dir",
             Scenario::Overwrite => "overwrite-10%",
             Scenario::HeadInsert => "insert-head-100B",
+            Scenario::GetFirst => "get-first",
+            Scenario::GetOverwrite => "get-after-10%",
         }
     }
 }
@@ -202,7 +248,7 @@ impl Run {
     fn remote_rss_kib(&self) -> Option<u64> {
         self.remote
             .iter()
-            .filter(|(name, _)| name.starts_with(self.tool.name()))
+            .filter(|(name, _)| self.tool.remote_process(name))
             .map(|(_, s)| s.peak_rss_kib)
             .max()
     }
@@ -221,8 +267,10 @@ struct Bench {
     mtr_home: LocalHome,
     mtr: Result<PathBuf, String>,
     rsync_ssh: String,
-    mtr_dest: PathBuf,
-    rsync_dest: PathBuf,
+    /// Each tool's remote copy of the project.
+    dests: Vec<(Tool, PathBuf)>,
+    /// Where each tool's `--get` downloads go: `<work>/get/<tool>/`.
+    downloads: PathBuf,
     logs: PathBuf,
     runs: Vec<Run>,
 }
@@ -257,9 +305,12 @@ fn main() -> ExitCode {
     let uid = fs::metadata(server.home()).expect("remote home").uid();
     let mtr_home = LocalHome::new();
     mtr_home.add_key(&server);
-    let mtr_dest = server.mkdir_remote("mtr");
-    let rsync_dest = server.mkdir_remote("rsync");
-    write_config(&project.root, &server, &mtr_home, &mtr_dest);
+    let dests: Vec<(Tool, PathBuf)> = Tool::ALL
+        .into_iter()
+        .map(|t| (t, server.mkdir_remote(t.name())))
+        .collect();
+    write_config(&project.root, &server, &mtr_home, &dests);
+    let downloads = work.path().join("get");
     let rsync_ssh = format!(
         "ssh -F /dev/null -p {} -i {} -o UserKnownHostsFile={} \
          -o StrictHostKeyChecking=accept-new -o BatchMode=yes -o IdentitiesOnly=yes",
@@ -284,8 +335,8 @@ fn main() -> ExitCode {
         mtr_home,
         mtr,
         rsync_ssh,
-        mtr_dest,
-        rsync_dest,
+        dests,
+        downloads,
         logs,
         runs: Vec::new(),
     };
@@ -408,41 +459,99 @@ impl Bench {
                 p.insert_at_head(100, 200 + rep as u64).expect("insert");
                 format!("inserted 100 bytes at the head of {}", p.weights.display())
             }
+            Scenario::GetFirst => {
+                // Each repetition downloads into an empty directory.
+                let _ = fs::remove_dir_all(&self.downloads);
+                format!("download {} into an empty directory", p.weights.display())
+            }
+            Scenario::GetOverwrite => {
+                let mut bytes = 0;
+                for (_, dest) in &self.dests {
+                    let remote = dest.join(&p.weights);
+                    bytes = overwrite_fp16(&remote, 0.10, 50, 300 + rep as u64)
+                        .unwrap_or_else(|e| panic!("overwrite {}: {e}", remote.display()));
+                }
+                format!(
+                    "overwrote {:.1} MB of every remote copy of {}, then download it again",
+                    bytes as f64 / MB,
+                    p.weights.display()
+                )
+            }
         }
+    }
+
+    fn dest(&self, tool: Tool) -> &Path {
+        &self.dests.iter().find(|(t, _)| *t == tool).unwrap().1
     }
 
     fn run(&self, scenario: Scenario, tool: Tool, rep: usize, verify: bool) -> Run {
         let log = self
             .logs
             .join(format!("{}-{}-{rep}", scenario.name(), tool.name()));
-        let (cmd, dest, ignore) = match tool {
-            Tool::Mtr => {
+        let get = matches!(scenario, Scenario::GetFirst | Scenario::GetOverwrite);
+        let weights = &self.project.weights;
+        let dest = self.dest(tool);
+        let download_dir = self.downloads.join(tool.name());
+        if get {
+            fs::create_dir_all(&download_dir).unwrap();
+        }
+        let cmd = match tool {
+            Tool::Mtr | Tool::MtrRsync | Tool::MtrSftp => {
                 let Ok(bin) = &self.mtr else {
                     return failed(scenario, tool, rep, self.mtr.clone().unwrap_err());
                 };
                 let mut cmd = Command::new(bin);
-                cmd.args(["--no-tty", "-v", "--sync-only"])
-                    .current_dir(&self.project.root)
+                cmd.args(["--no-tty", "-v", "-s", tool.server()]);
+                if get {
+                    cmd.args(["--no-sync", "--get"])
+                        .arg(weights)
+                        .arg("--to")
+                        .arg(download_dir.join(weights.file_name().unwrap()));
+                } else {
+                    cmd.arg("--sync-only");
+                }
+                cmd.current_dir(&self.project.root)
                     .env("HOME", self.mtr_home.path())
                     .env_remove("XDG_CONFIG_HOME")
                     .env_remove("XDG_CACHE_HOME")
                     .env_remove("SSH_AUTH_SOCK");
-                (cmd, &self.mtr_dest, &[".mtr", ".mtr-sync"][..])
+                cmd
             }
             Tool::Rsync => {
                 let mut cmd = Command::new("rsync");
-                cmd.args(["-az", "--delete", "--exclude=/.mtr/", "-e", &self.rsync_ssh])
-                    .arg(format!("{}/", self.project.root.display()))
-                    .arg(format!(
-                        "{}@{}:{}/",
+                let remote = |path: &Path| {
+                    format!(
+                        "{}@{}:{}",
                         self.server.user(),
                         self.server.host(),
-                        self.rsync_dest.display()
-                    ))
-                    .env("HOME", self.mtr_home.path())
+                        path.display()
+                    )
+                };
+                if get {
+                    cmd.args(["-az", "-e", &self.rsync_ssh])
+                        .arg(remote(&dest.join(weights)))
+                        .arg(format!("{}/", download_dir.display()));
+                } else {
+                    cmd.args(["-az", "--delete", "--exclude=/.mtr/", "-e", &self.rsync_ssh])
+                        .arg(format!("{}/", self.project.root.display()))
+                        .arg(format!("{}/", remote(dest)));
+                }
+                cmd.env("HOME", self.mtr_home.path())
                     .env_remove("SSH_AUTH_SOCK");
-                (cmd, &self.rsync_dest, &[".mtr"][..])
+                cmd
             }
+        };
+        // What must equal what after the run: the remote copy and the local tree, or the
+        // downloaded file and its remote original.
+        let (expected, actual, ignore) = if get {
+            let remote_dir = dest.join(weights.parent().unwrap());
+            (remote_dir, download_dir, &[".mtr", ".mtr-sync"][..])
+        } else {
+            (
+                self.project.root.clone(),
+                dest.to_owned(),
+                &[".mtr", ".mtr-sync"][..],
+            )
         };
         let mut run = self.measure(cmd, &log);
         run.scenario = scenario;
@@ -450,12 +559,14 @@ impl Bench {
         run.rep = rep;
         if run.error.is_none() && verify {
             run.verified = true;
-            if let Err(diff) = tree_equal(&self.project.root, dest, ignore) {
+            if let Err(diff) = tree_equal(&expected, &actual, ignore) {
                 eprintln!(
-                    "\n!!!!!!!! {} {} #{}: the remote tree differs from the local one !!!!!!!!\n{diff}\n",
+                    "\n!!!!!!!! {} {} #{}: {} differs from {} !!!!!!!!\n{diff}\n",
                     scenario.name(),
                     tool.name(),
-                    rep + 1
+                    rep + 1,
+                    actual.display(),
+                    expected.display()
                 );
                 let mut lines = diff.lines().map(str::trim);
                 let count = lines
@@ -463,11 +574,11 @@ impl Bench {
                     .and_then(|l| l.rsplit_once('('))
                     .map_or("", |x| x.1);
                 run.note = Some(format!(
-                    "MISMATCH after a successful sync ({} e.g. {}",
+                    "MISMATCH after a successful run ({} e.g. {}",
                     count.trim_end_matches(':'),
                     lines.next().unwrap_or("?")
                 ));
-                run.error = Some(format!("MISMATCH after a successful sync: {diff}"));
+                run.error = Some(format!("MISMATCH after a successful run: {diff}"));
             }
         }
         run
@@ -578,7 +689,7 @@ impl Bench {
         );
         let _ = writeln!(
             t,
-            "{:<17} {:<6} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}  note",
+            "{:<17} {:<9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}  note",
             "scenario",
             "tool",
             "wall s",
@@ -593,7 +704,7 @@ impl Bench {
         );
         for s in &summary {
             let ratios = match (s.tool, rsync(s.scenario)) {
-                (Tool::Mtr, Some(r)) if s.ok > 0 => format!(
+                (Tool::Mtr | Tool::MtrRsync | Tool::MtrSftp, Some(r)) if s.ok > 0 => format!(
                     "{:>7} {:>7}",
                     ratio(s.wall_s, r.wall_s),
                     ratio(s.wire_bytes, r.wire_bytes)
@@ -611,7 +722,7 @@ impl Bench {
                 );
                 let _ = writeln!(
                     t,
-                    "{:<17} {:<6} {dashes}  {note}",
+                    "{:<17} {:<9} {dashes}  {note}",
                     s.scenario.name(),
                     s.tool.name()
                 );
@@ -619,7 +730,7 @@ impl Bench {
             }
             let _ = writeln!(
                 t,
-                "{:<17} {:<6} {:>8.2} {:>10.3} {:>8.1} {:>8.1} {:>8} {:>7.2} {:>7.2} {ratios}  {note}",
+                "{:<17} {:<9} {:>8.2} {:>10.3} {:>8.1} {:>8.1} {:>8} {:>7.2} {:>7.2} {ratios}  {note}",
                 s.scenario.name(),
                 s.tool.name(),
                 s.wall_s,
@@ -633,10 +744,11 @@ impl Bench {
         }
         t.push_str(
             "RSS in MiB: peak of the local process (rsync: with its ssh; mmap'd files count), its\n\
-             anonymous part alone (polled), and the remote mtr-agent / rsync server's, polled\n\
-             every 10 ms (\"-\": it exited before a poll saw it);\n\
+             anonymous part alone (polled), and the remote mtr-agent / rsync server's (mtr-sftp:\n\
+             the sshd session's, which runs internal-sftp), polled every 10 ms (\"-\": it exited\n\
+             before a poll saw it);\n\
              cpu in s (remote: all the account's processes, sshd's session too).\n\
-             t/rsync, B/rsync: mtr's wall time and bytes on the wire over rsync's.\n",
+             t/rsync, B/rsync: the mtr engine's wall time and bytes on the wire over rsync's.\n",
         );
         t
     }
@@ -886,23 +998,27 @@ fn isolate_network() -> bool {
     true
 }
 
-fn write_config(root: &Path, server: &Server, home: &LocalHome, remote_dir: &Path) {
-    let config = format!(
-        "# Written by benches/e2e.rs\n\
-         servers:\n  \
-           bench:\n    \
-             host: {}\n    \
-             port: {}\n    \
-             user: {}\n    \
-             key_filename: {}\n    \
-             remote_dir: {}\n    \
-             strict_host_key_checking: accept-new\n",
-        server.host(),
-        server.port(),
-        server.user(),
-        home.key().display(),
-        remote_dir.display()
-    );
+fn write_config(root: &Path, server: &Server, home: &LocalHome, dests: &[(Tool, PathBuf)]) {
+    let mut config =
+        String::from("# Written by benches/e2e.rs: one server entry per engine\nservers:\n");
+    for (tool, dest) in dests.iter().filter(|(t, _)| *t != Tool::Rsync) {
+        let engine = match tool {
+            Tool::Mtr => "agent",
+            Tool::MtrRsync => "rsync",
+            _ => "sftp",
+        };
+        let _ = write!(
+            config,
+            "  {}:\n    host: {}\n    port: {}\n    user: {}\n    key_filename: {}\n    \
+             remote_dir: {}\n    sync: {engine}\n    strict_host_key_checking: accept-new\n",
+            tool.server(),
+            server.host(),
+            server.port(),
+            server.user(),
+            home.key().display(),
+            dest.display()
+        );
+    }
     fs::create_dir_all(root.join(".mtr")).unwrap();
     fs::write(root.join(".mtr/config.yaml"), config).unwrap();
 }

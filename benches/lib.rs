@@ -288,19 +288,7 @@ pub mod project {
         /// The size stays the same: rsync's quick check, which compares mtimes in whole
         /// seconds, misses the change if the file was last synced within the same second.
         pub fn overwrite_weights(&self, fraction: f64, regions: u64, seed: u64) -> io::Result<u64> {
-            let file = File::options()
-                .write(true)
-                .open(self.root.join(&self.weights))?;
-            let len = file.metadata()?.len();
-            let slot = len / regions;
-            let region = ((len as f64 * fraction / regions as f64) as u64 & !1).min(slot);
-            let mut rng = Rng::new(seed);
-            for i in 0..regions {
-                let within = rng.below((slot - region + 1) as usize) as u64 & !1;
-                super::fp16::write_at(&file, i * slot + within, region, rng.next_u64())?;
-            }
-            file.sync_data()?;
-            Ok(region * regions)
+            overwrite_fp16(&self.root.join(&self.weights), fraction, regions, seed)
         }
 
         /// Rewrites the weights with `bytes` new bytes in front (a new file renamed over the
@@ -318,6 +306,22 @@ pub mod project {
             }
             fs::rename(tmp, path)
         }
+    }
+
+    /// Overwrites `fraction` of the fp16 file at `path` in place, in `regions` scattered regions
+    /// (see [`Project::overwrite_weights`]); returns the bytes overwritten.
+    pub fn overwrite_fp16(path: &Path, fraction: f64, regions: u64, seed: u64) -> io::Result<u64> {
+        let file = File::options().write(true).open(path)?;
+        let len = file.metadata()?.len();
+        let slot = len / regions;
+        let region = ((len as f64 * fraction / regions as f64) as u64 & !1).min(slot);
+        let mut rng = Rng::new(seed);
+        for i in 0..regions {
+            let within = rng.below((slot - region + 1) as usize) as u64 & !1;
+            super::fp16::write_at(&file, i * slot + within, region, rng.next_u64())?;
+        }
+        file.sync_data()?;
+        Ok(region * regions)
     }
 
     /// Total size of the files under `dir`.

@@ -1,14 +1,17 @@
 //! `mtr-agent`: the remote helper. `mtr` uploads it (static musl) and runs it over an SSH exec
 //! channel. `mtr-agent serve` greets with [`protocol::wire::MAGIC`] and then serves one sync
-//! session as the sink on stdin/stdout; `mtr-agent run` greets the same way and supervises one
-//! command of mtr's batch mode ([`run`]). It never prompts and never prints to stdout outside
-//! the protocol; diagnostics go to stderr.
+//! session as the sink on stdin/stdout; `mtr-agent send BASE` greets the same way and serves
+//! one download as its source ([`protocol::get::serve`]), keeping its chunk index in
+//! `BASE/send/`; `mtr-agent run` greets and supervises one command of mtr's batch mode
+//! ([`run`]). It never prompts and never prints to stdout outside the protocol; diagnostics go
+//! to stderr.
 
 mod run;
 
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::FromRawFd;
+use std::path::PathBuf;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -19,6 +22,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {
         Some("serve") => serve(),
+        Some("send") => send(args.get(1).map(PathBuf::from)),
         Some("run") => run(),
         Some("--version") | Some("-V") => {
             println!(
@@ -28,7 +32,7 @@ fn main() {
             0
         }
         _ => {
-            eprintln!("usage: mtr-agent serve | run | --version\n(mtr-agent is started by mtr over SSH; it is not meant to be run by hand)");
+            eprintln!("usage: mtr-agent serve | send BASE | run | --version\n(mtr-agent is started by mtr over SSH; it is not meant to be run by hand)");
             2
         }
     };
@@ -43,6 +47,36 @@ fn serve() -> i32 {
         return 1;
     }
     match protocol::sink::serve(stdin, stdout, VERSION) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("mtr-agent: {e}");
+            1
+        }
+    }
+}
+
+/// Greets, then serves one download as its source. `base` is the private directory the agent
+/// is installed under (`BASE/agent/...`, chosen by mtr's launch script); without it, the
+/// user's cache directory.
+fn send(base: Option<PathBuf>) -> i32 {
+    let base = base.or_else(|| {
+        let xdg = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute());
+        let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache"));
+        xdg.or(home).map(|c| c.join("mtr"))
+    });
+    let Some(base) = base else {
+        eprintln!("mtr-agent: no cache directory: pass BASE or set HOME");
+        return 2;
+    };
+    // SAFETY: fds 0 and 1 are open for the life of the process and used only here.
+    let stdin = unsafe { File::from_raw_fd(0) };
+    let mut stdout = unsafe { File::from_raw_fd(1) };
+    if stdout.write_all(protocol::wire::MAGIC).is_err() {
+        return 1;
+    }
+    match protocol::get::serve(stdin, stdout, VERSION, &base.join("send")) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("mtr-agent: {e}");

@@ -1,6 +1,7 @@
 //! Puts `mtr-agent` on the server and starts it over an SSH exec channel: one `sh -c` script
 //! checks the OS and architecture, finds an installed agent of exactly this build and runs it
-//! (`mtr-agent serve` for a sync, `mtr-agent run` for a batch command); when there is none, a second script streams the carried binary into a
+//! (`mtr-agent serve` for a sync, `mtr-agent send` for a download, `mtr-agent run` for a batch
+//! command); when there is none, a second script streams the carried binary into a
 //! private directory (temp name, size check, `chmod`, `rename`), and the first runs again.
 //! The agent's greeting ([`protocol::wire::MAGIC`]) is looked for past any login-shell noise,
 //! then the protocol handshake checks its version.
@@ -48,6 +49,26 @@ const BASES: [&str; 4] = [
 const EXIT_UNSUPPORTED: i32 = 90;
 const EXIT_MISSING: i32 = 91;
 
+/// `mtr-agent` cannot run on this server at all: no agent is carried for its OS and
+/// architecture, or no private directory there allows executing programs. Only these cases
+/// (never a network, authentication or install failure), so the caller may fall back to an
+/// engine that needs no agent (`sync: sftp`).
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}; use `sync: rsync` or `sync: sftp` for this server")]
+pub struct AgentUnavailable {
+    /// `user@host:port`.
+    pub host: String,
+    /// Why, naming the host.
+    pub reason: String,
+}
+
+impl AgentUnavailable {
+    /// The `AgentUnavailable` in `e`'s chain, if any.
+    pub fn find(e: &anyhow::Error) -> Option<&AgentUnavailable> {
+        e.chain().find_map(|c| c.downcast_ref::<AgentUnavailable>())
+    }
+}
+
 /// A running agent after a successful handshake.
 pub struct AgentSession {
     pub reader: FrameReader<ssh2::Stream>,
@@ -68,11 +89,14 @@ pub fn start(ssh: &Ssh, remote_dir: &str) -> Result<AgentSession> {
 
 /// What the agent is started for: its subcommand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
+pub(crate) enum Mode<'a> {
     /// `mtr-agent serve`: one sync session, after the protocol handshake.
     Serve,
     /// `mtr-agent run`: supervise one command (batch mode); no handshake.
     Run,
+    /// `mtr-agent send BASE`: the source of a download, after the request and the agent's
+    /// greeting ([`protocol::get::request`]). It keeps its chunk index under its own base.
+    Send(&'a protocol::get::Request),
 }
 
 /// A `mtr-agent run` that greeted, waiting for its `ToRunner::Start`. Its channel's stdout and
@@ -84,6 +108,17 @@ pub struct Runner {
     pub stdout: Vec<u8>,
     /// Where the agent's executable is on the server.
     pub remote_path: String,
+}
+
+/// Installs the agent if needed and starts `mtr-agent send` for a download: the request is
+/// sent and the agent's greeting checked. In the session's `ack`, `root` is the remote path
+/// resolved by the agent.
+pub fn start_sender(ssh: &Ssh, request: &protocol::get::Request) -> Result<AgentSession> {
+    let (agent, layout) = (Agent::embedded(), Layout::default());
+    match start_mode(ssh, Mode::Send(request), &request.path, &agent, &layout)? {
+        Started::Session(s) => Ok(*s),
+        Started::Runner(_) => unreachable!("send mode yields a session"),
+    }
 }
 
 /// Installs the agent if needed and starts `mtr-agent run`.
@@ -246,12 +281,13 @@ pub(crate) fn sh_c(script: &str) -> String {
 /// `mtr-launch: ...` line per event (see [`LaunchReport`]), and on stdout prints
 /// `MTR-PATH=<base> <path>` right before running an agent.
 ///
-/// `serve` runs in a subshell whose status 126 means "cannot execute" (a noexec mount): the
-/// next base is tried. `run` cannot: its status is the user's command's, 126 included, so the
+/// `serve` and `send` run in a subshell whose status 126 means "cannot execute" (a noexec
+/// mount): the next base is tried. `send` gets its base, where it keeps its chunk index. `run` cannot: its status is the user's command's, 126 included, so the
 /// script first checks that the agent executes (`--version`), then `exec`s it.
 pub(crate) fn launch_script(agent: &Agent, layout: &Layout, mode: Mode) -> String {
     let start = match mode {
         Mode::Serve => "(umask $um; exec \"$p\" serve); rc=$?; ",
+        Mode::Send(_) => "(exec \"$p\" send \"$b\"); rc=$?; ",
         Mode::Run => {
             "\"$p\" --version >/dev/null 2>&1; rc=$?; \
              if [ $rc -ne 126 ]; then umask $um; exec \"$p\" run; fi; "
@@ -280,17 +316,19 @@ pub(crate) fn launch_script(agent: &Agent, layout: &Layout, mode: Mode) -> Strin
 /// printing the installed path.
 pub(crate) fn install_script(agent: &Agent, layout: &Layout, base: usize) -> String {
     format!(
-        "umask 077; {fns}sub={sub}; b=$(mtr_base {base}); \
-         if [ -z \"$b\" ]; then echo \"mtr-install: unavailable\" >&2; exit 94; fi; \
-         if [ -L \"$b\" ]; then echo \"mtr-install: $b is a symbolic link\" >&2; exit 92; fi; \
-         mkdir -p \"$b\" || exit 93; \
+        // `mtr_quit` reads the rest of the binary before exiting: mtr writes all of it before
+        // it reads the outcome, and would wait forever for a script that stopped reading.
+        "umask 077; {fns}mtr_quit() {{ cat >/dev/null; exit $1; }}; sub={sub}; b=$(mtr_base {base}); \
+         if [ -z \"$b\" ]; then echo \"mtr-install: unavailable\" >&2; mtr_quit 94; fi; \
+         if [ -L \"$b\" ]; then echo \"mtr-install: $b is a symbolic link\" >&2; mtr_quit 92; fi; \
+         mkdir -p \"$b\" || mtr_quit 93; \
          if mtr_safe \"$b\"; then :; else \
-         echo \"mtr-install: $b is not a directory owned by $(id -un)\" >&2; exit 92; fi; \
-         chmod 700 \"$b\" || exit 93; d=\"$b/agent/$sub\"; mkdir -p \"$d\" || exit 93; \
+         echo \"mtr-install: $b is not a directory owned by $(id -un)\" >&2; mtr_quit 92; fi; \
+         chmod 700 \"$b\" || mtr_quit 93; d=\"$b/agent/$sub\"; mkdir -p \"$d\" || mtr_quit 93; \
          t=\"$d/.mtr-agent.tmp.$$\"; \
          if cat > \"$t\" && [ $(wc -c < \"$t\") -eq {size} ] && chmod 700 \"$t\" && mv -f \"$t\" \"$d/mtr-agent\"; \
          then echo \"$d/mtr-agent\"; else rm -f \"$t\"; \
-         echo \"mtr-install: could not write $d/mtr-agent\" >&2; exit 95; fi",
+         echo \"mtr-install: could not write $d/mtr-agent\" >&2; mtr_quit 95; fi",
         fns = layout.functions(),
         sub = agent.subdir(),
         size = agent.bytes.len(),
@@ -437,12 +475,18 @@ fn start_mode(
                     }));
                 }
                 let mut writer = FrameWriter::new(channel.stream(0));
-                match protocol::source::handshake(
-                    &mut reader,
-                    &mut writer,
-                    remote_dir,
-                    agent.version,
-                ) {
+                let greeting = match mode {
+                    Mode::Send(request) => {
+                        protocol::get::request(&mut reader, &mut writer, request, agent.version)
+                    }
+                    _ => protocol::source::handshake(
+                        &mut reader,
+                        &mut writer,
+                        remote_dir,
+                        agent.version,
+                    ),
+                };
+                match greeting {
                     Ok(ack) => {
                         log::debug!("mtr-agent {} running on {host} from {path}", ack.version);
                         return Ok(Started::Session(Box::new(AgentSession {
@@ -484,11 +528,14 @@ fn start_mode(
                 error,
             } => {
                 if let Some((os, arch)) = &report.unsupported {
-                    bail!(
-                        "no mtr-agent for {}-{arch} (the server {host} runs {os} {arch}); \
-                         use `sync: rsync` or `sync: sftp` for this server",
-                        os.to_ascii_lowercase()
-                    );
+                    return Err(AgentUnavailable {
+                        reason: format!(
+                            "no mtr-agent for {}-{arch} (the server {host} runs {os} {arch})",
+                            os.to_ascii_lowercase()
+                        ),
+                        host,
+                    }
+                    .into());
                 }
                 if let Some((base, path)) = report.failed_run() {
                     if !reinstalled {
@@ -514,12 +561,15 @@ fn start_mode(
                     log::debug!("{path} on {host} cannot be executed (noexec filesystem?)");
                 }
                 let Some(base) = next_base(&report, &installed, layout.bases.len()) else {
-                    bail!(
-                        "cannot run mtr-agent on {host}: no private directory there allows \
-                         executing programs ({}); use `sync: rsync` or `sync: sftp` for this \
-                         server",
-                        reasons(&report, &unusable)
-                    );
+                    return Err(AgentUnavailable {
+                        reason: format!(
+                            "cannot run mtr-agent on {host}: no private directory there allows \
+                             executing programs ({})",
+                            reasons(&report, &unusable)
+                        ),
+                        host,
+                    }
+                    .into());
                 };
                 installed.push(base);
                 match install(ssh, agent, layout, base) {
@@ -743,6 +793,7 @@ mod tests {
         for script in [
             launch_script(&a, &Layout::default(), Mode::Serve),
             launch_script(&a, &Layout::default(), Mode::Run),
+            launch_script(&a, &Layout::default(), Mode::Send(&get_request())),
             install_script(&a, &Layout::default(), 0),
         ] {
             assert!(!script.contains(['\'', '\\', '!', '\n']), "{script}");
@@ -801,6 +852,28 @@ mod tests {
         let (found, noise) = split_noise(stdout.as_bytes());
         assert_eq!(found, Some((0, path.display().to_string())));
         assert_eq!(noise, "agent serve\n");
+    }
+
+    fn get_request() -> protocol::get::Request {
+        protocol::get::Request {
+            path: "~/out".into(),
+            name: "out".into(),
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn send_is_told_the_base_it_runs_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let script: &[u8] = b"#!/bin/sh\necho \"agent $1 $2\"\n";
+        let (a, l) = (agent(script), layout(dir.path()));
+        let (status, _, stderr) = run(&install_script(&a, &l, 0), script);
+        assert_eq!(status, 0, "{stderr}");
+        let request = get_request();
+        let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Send(&request)), b"");
+        assert_eq!(status, 0, "{stderr}");
+        let (_, said) = split_noise(stdout.as_bytes());
+        assert_eq!(said, format!("agent send {}/b0\n", dir.path().display()));
     }
 
     #[test]

@@ -70,6 +70,35 @@ pub fn plan(
     })
 }
 
+/// A warning when the download lands inside the project where the next sync would upload it
+/// again (and overwrite the remote original if the job has changed it since): the destination
+/// is under the project root and no exclude rule, `.gitignore` or `.mtrignore` covers it.
+pub fn upload_hazard(s: &Settings, d: &Download) -> Option<String> {
+    let rel = d.local.strip_prefix(&s.project_root).ok()?;
+    let rel = rel.to_str()?;
+    if rel.is_empty() {
+        return None;
+    }
+    let filter = protocol::scan::Filter::new(
+        &s.project_root,
+        &protocol::scan::ScanOptions {
+            excludes: s.excludes.clone(),
+            respect_gitignore: s.respect_gitignore,
+        },
+    )
+    .ok()?;
+    if filter.excluded(rel, true) || filter.excluded(rel, false) {
+        return None;
+    }
+    Some(format!(
+        "{} is inside the project: the next sync uploads it back to the server, over what the \
+         remote job may have written since; add `{rel}` to `exclude` (or set `download_dir` \
+         outside the project) in {}",
+        d.local.display(),
+        s.describe_sources()
+    ))
+}
+
 /// Removes `.` components, repeated and trailing slashes; `..` is kept (the server resolves it).
 fn normalize(path: &str) -> String {
     let absolute = path.starts_with('/');
@@ -133,6 +162,23 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = plan(&dl, "a/b.bin", Some(tmp.path()), Path::new("/h")).unwrap();
         assert_eq!(d.local, tmp.path().join("b.bin"));
+    }
+
+    #[test]
+    fn downloads_into_the_synced_tree_are_flagged_unless_excluded() {
+        let root = tempfile::tempdir().unwrap();
+        let mut s = s("/r", None);
+        s.project_root = root.path().to_path_buf();
+        let inside = plan(&s, "out", None, root.path()).unwrap();
+        let warning = upload_hazard(&s, &inside).expect("a warning");
+        assert!(warning.contains("add `out` to `exclude`"), "{warning}");
+        s.excludes.push("out/".into());
+        assert_eq!(upload_hazard(&s, &inside), None);
+        let outside = plan(&s, "out", Some(Path::new("/elsewhere/")), root.path()).unwrap();
+        assert_eq!(upload_hazard(&s, &outside), None);
+        std::fs::write(root.path().join(".gitignore"), "*.pt\n").unwrap();
+        let ignored = plan(&s, "model.pt", None, root.path()).unwrap();
+        assert_eq!(upload_hazard(&s, &ignored), None);
     }
 
     #[test]

@@ -50,6 +50,12 @@ fn run(args: &cli::Args) -> Result<i32> {
         .as_deref()
         .map(|remote| get::plan(&settings, remote, args.to.as_deref(), &env.cwd))
         .transpose()?;
+    if let Some(w) = download
+        .as_ref()
+        .and_then(|d| get::upload_hazard(&settings, d))
+    {
+        ui.warn(&w);
+    }
     let sync = args.sync_only || args.sync();
     let engine = settings.sync;
     // rsync brings its own SSH connection; everything else shares this one.
@@ -65,10 +71,18 @@ fn run(args: &cli::Args) -> Result<i32> {
         return Ok(0);
     }
     let ssh = ssh::Ssh::connect(&sync::ssh_options(&settings, &ui))?;
+    let mut fallback = Fallback {
+        settings: &settings,
+        ui: &ui,
+        active: false,
+    };
     if sync {
         match engine {
             config::SyncEngine::Agent => {
-                sync::sync(&ssh, &settings, &ui, args.dry_run).map(drop)?
+                if let Err(e) = sync::sync(&ssh, &settings, &ui, args.dry_run) {
+                    fallback.absorb(e)?;
+                    sftp::sync(&ssh, &settings, &ui, args.dry_run)?;
+                }
             }
             config::SyncEngine::Sftp => sftp::sync(&ssh, &settings, &ui, args.dry_run)?,
             config::SyncEngine::Rsync => {}
@@ -80,11 +94,19 @@ fn run(args: &cli::Args) -> Result<i32> {
     let code = if args.command.is_empty() && download.is_some() {
         0
     } else {
-        run_command(&ssh, &settings, args)?
+        run_command(&ssh, &settings, args, &mut fallback)?
     };
     if let Some(d) = &download {
         match engine {
-            config::SyncEngine::Agent => sync::get(&ssh, &settings, &ui, d, args.dry_run)?,
+            config::SyncEngine::Agent if fallback.active => {
+                sftp::get(&ssh, &settings, &ui, d, args.dry_run)?
+            }
+            config::SyncEngine::Agent => {
+                if let Err(e) = sync::get(&ssh, &settings, &ui, d, args.dry_run) {
+                    fallback.absorb(e)?;
+                    sftp::get(&ssh, &settings, &ui, d, args.dry_run)?;
+                }
+            }
             config::SyncEngine::Sftp => sftp::get(&ssh, &settings, &ui, d, args.dry_run)?,
             config::SyncEngine::Rsync => rsync::get(&settings, &ui, d, args.dry_run)?,
         }
@@ -92,8 +114,41 @@ fn run(args: &cli::Args) -> Result<i32> {
     Ok(code)
 }
 
+/// The switch away from `mtr-agent` on a server where it cannot run: said once, then kept for
+/// the rest of the run (sync and `--get` over SFTP, batch commands on a plain channel).
+struct Fallback<'a> {
+    settings: &'a config::Settings,
+    ui: &'a ui::Ui,
+    active: bool,
+}
+
+impl Fallback<'_> {
+    /// `Ok` when `e` says the agent cannot run on the server (warning the first time), so the
+    /// caller does without it; `e` itself otherwise.
+    fn absorb(&mut self, e: anyhow::Error) -> Result<()> {
+        let Some(why) = agent_install::AgentUnavailable::find(&e) else {
+            return Err(e);
+        };
+        if !self.active {
+            self.ui.warn(&format!(
+                "{}; using sftp instead (add `sync: sftp` to server {} in {} to skip this check)",
+                why.reason,
+                self.settings.server_name,
+                self.settings.describe_sources()
+            ));
+            self.active = true;
+        }
+        Ok(())
+    }
+}
+
 /// Runs the command (or, with none, the login shell) and returns its exit code.
-fn run_command(ssh: &ssh::Ssh, settings: &config::Settings, args: &cli::Args) -> Result<i32> {
+fn run_command(
+    ssh: &ssh::Ssh,
+    settings: &config::Settings,
+    args: &cli::Args,
+    fallback: &mut Fallback,
+) -> Result<i32> {
     let cmd = exec::RemoteCommand {
         workdir: settings.remote_workdir(),
         pre_cmd: settings.pre_cmd.clone(),
@@ -109,7 +164,12 @@ fn run_command(ssh: &ssh::Ssh, settings: &config::Settings, args: &cli::Args) ->
     };
     if pty {
         exec::interactive::run(ssh, &cmd)
+    } else if fallback.active {
+        exec::batch::run_plain(ssh, &cmd)
     } else {
-        exec::batch::run(ssh, &cmd)
+        exec::batch::run(ssh, &cmd).or_else(|e| {
+            fallback.absorb(e)?;
+            exec::batch::run_plain(ssh, &cmd)
+        })
     }
 }

@@ -1,16 +1,22 @@
 //! `mtr --sync-only` and the sync before a command: connect, start the agent, run the
-//! engine's source role against it, and tell the user what crossed the wire.
+//! engine's source role against it, and tell the user what crossed the wire. `mtr --get`
+//! with the agent engine runs the same engine the other way round ([`get`]).
 
-use std::path::PathBuf;
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use protocol::chunker::Chunker;
+use protocol::get::{ReceiveConfig, Received, Request};
 use protocol::scan::{Filter, ScanOptions};
 use protocol::source::{self, Change, Report, SourceConfig};
 
 use crate::agent_install;
 use crate::config::Settings;
+use crate::embedded;
+use crate::exit::UsageError;
+use crate::get::Download;
 use crate::ssh::{Ssh, SshOptions};
 use crate::ui::{self, Ui};
 
@@ -109,37 +115,137 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool) -> Result<Outcome> 
         ui.warn(&format!("skipped {w}"));
     }
     if dry_run {
-        print_plan(&outcome.report, &target);
+        print_plan(&format!("sync plan for {target}"), &outcome.report.plan);
     } else {
         ui.info(&summary(&outcome, started.elapsed().as_secs_f64(), &target));
     }
     Ok(outcome)
 }
 
-/// Downloads `d.remote` to `d.local` with the agent engine (the agent is the source, mtr the
-/// sink). (Being built: issue 4.)
-pub fn get(
-    _ssh: &Ssh,
-    _s: &Settings,
-    _ui: &Ui,
-    _d: &crate::get::Download,
-    _dry_run: bool,
-) -> Result<()> {
-    anyhow::bail!(crate::exit::UsageError(
-        "--get is not implemented yet in this build".into()
-    ))
+/// Downloads `d.remote` to `d.local` with the agent engine: `mtr-agent send` is the source
+/// of the remote path, this process the sink ([`protocol::get`]) with the download policy: it
+/// writes only inside `d.local` (an existing symlink there is written through, like `cp`),
+/// builds files in a hidden sibling of it that is removed at the end, keeps what it wrote in
+/// `<cache>/mtr/get/<key>/` (so a later get moves only what changed and deletes only files it
+/// wrote, never local files it did not, nor ones changed here since), and reuses the chunks
+/// of files already at the destination on first contact. A dry run prints what would change
+/// here and writes nothing.
+pub fn get(ssh: &Ssh, _s: &Settings, ui: &Ui, d: &Download, dry_run: bool) -> Result<()> {
+    let started = Instant::now();
+    let source = format!("{}:{}", ssh.display(), d.remote);
+    let dest = destination(&d.local, dry_run)?;
+    let name = protocol::get::name_of(&dest).map_err(|e| UsageError(e.to_string()))?;
+    let request = Request {
+        path: d.remote.clone(),
+        name,
+        dry_run,
+    };
+    let failed = || format!("cannot download {source} to {}", dest.display());
+    let mut agent = agent_install::start_sender(ssh, &request).with_context(failed)?;
+    let cfg = ReceiveConfig {
+        dest: dest.clone(),
+        state_dir: cache_dir()
+            .join("get")
+            .join(key(&[&dest.to_string_lossy()])),
+        dry_run,
+    };
+    let (sent0, recv0) = (agent.writer.bytes_sent(), agent.reader.bytes_received());
+    let progress = ui.progress();
+    let mut warnings = Vec::new();
+    let result = protocol::get::receive(
+        &mut agent.reader,
+        &mut agent.writer,
+        &cfg,
+        embedded::VERSION,
+        &progress,
+        &mut |w| warnings.push(w),
+    );
+    progress.finish();
+    for w in &warnings {
+        ui.warn(w);
+    }
+    let received = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // The agent's stderr says why a broken stream broke; other errors are complete.
+            let detail = agent.abort();
+            let detail = match e {
+                protocol::Error::Transport(_) | protocol::Error::Protocol(_) => detail,
+                _ => String::new(),
+            };
+            return Err(anyhow::Error::new(e)).context(format!("{}{detail}", failed()));
+        }
+    };
+    let wire = agent.writer.bytes_sent() - sent0 + agent.reader.bytes_received() - recv0;
+    agent.finish().with_context(failed)?;
+    if dry_run {
+        let header = format!("get plan for {source} to {}", dest.display());
+        print_plan(&header, &received.plan);
+    } else {
+        let secs = started.elapsed().as_secs_f64();
+        ui.info(&get_summary(&received, wire, secs, &source, &dest));
+    }
+    Ok(())
 }
 
-fn print_plan(r: &Report, target: &str) {
-    // The plan is what --dry-run was asked for: it goes to stdout.
-    println!("sync plan for {target}: {} change(s)", r.plan.len());
-    for c in &r.plan {
+/// The path the download becomes, symlinks resolved: an existing `local` as it resolves (a
+/// link to a directory kept elsewhere is written through), else `local` in its parent, which
+/// is created unless this is a dry run.
+fn destination(local: &Path, dry_run: bool) -> Result<PathBuf> {
+    if let Ok(real) = std::fs::canonicalize(local) {
+        return Ok(real);
+    }
+    let (Some(parent), Some(name)) = (local.parent(), local.file_name()) else {
+        return Err(UsageError(format!("cannot download to {}", local.display())).into());
+    };
+    if !dry_run {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    Ok(std::fs::canonicalize(parent)
+        .map(|p| p.join(name))
+        .unwrap_or_else(|_| local.to_path_buf()))
+}
+
+fn get_summary(r: &Received, wire: u64, secs: f64, source: &str, dest: &Path) -> String {
+    if r.changes == 0 {
+        return format!(
+            "up to date: {} from {source} ({} entries, {} on the wire, {secs:.2}s)",
+            dest.display(),
+            r.entries,
+            ui::bytes(wire)
+        );
+    }
+    format!(
+        "downloaded {} change(s) from {source} to {}: {} of file data received as {} ({} reused locally), {} on the wire, {secs:.2}s",
+        r.changes,
+        dest.display(),
+        ui::bytes(r.stats.bytes_received),
+        ui::bytes(r.payload_bytes),
+        ui::bytes(r.stats.bytes_copied_locally),
+        ui::bytes(wire),
+    )
+}
+
+/// Prints a plan on stdout: what `--dry-run` was asked for.
+fn print_plan(header: &str, plan: &[Change]) {
+    println!("{header}: {} change(s)", plan.len());
+    for c in plan {
         match c {
-            Change::Add(p) => println!("  + {p}"),
-            Change::Update(p) => println!("  ~ {p}"),
-            Change::Touch(p) => println!("  . {p} (metadata)"),
-            Change::Delete(p) => println!("  - {p}"),
+            Change::Add(p) => println!("  + {}", shown(p)),
+            Change::Update(p) => println!("  ~ {}", shown(p)),
+            Change::Touch(p) => println!("  . {} (metadata)", shown(p)),
+            Change::Delete(p) => println!("  - {}", shown(p)),
         }
+    }
+}
+
+/// A path for the terminal: control characters (which a server could send in a name) escaped.
+fn shown(p: &str) -> Cow<'_, str> {
+    if p.chars().any(char::is_control) {
+        Cow::Owned(p.escape_debug().to_string())
+    } else {
+        Cow::Borrowed(p)
     }
 }
 

@@ -3,8 +3,9 @@
 //! It owns the wire messages and their framing ([`wire`], [`codec`]), content-defined chunking
 //! ([`chunker`]), the local tree scan with its stat-validated index ([`scan`], [`index`]),
 //! manifests and their diff ([`manifest`]), and the two roles of a sync session: the
-//! [`source`] that has the tree and the [`sink`] that receives it. A session runs over any
-//! `Read`/`Write` pair; this crate knows nothing of SSH, terminals or command lines.
+//! [`source`] that has the tree and the [`sink`] that receives it, which a download ([`get`])
+//! runs the other way round. A session runs over any `Read`/`Write` pair; this crate knows
+//! nothing of SSH, terminals or command lines.
 //!
 //! ```
 //! use protocol::chunker::Chunker;
@@ -17,6 +18,7 @@ pub mod chunker;
 pub mod codec;
 pub mod compress;
 pub mod error;
+pub mod get;
 pub mod index;
 pub mod manifest;
 pub mod paths;

@@ -1,7 +1,8 @@
 //! Path safety. Every path from the peer is relative, `/`-separated UTF-8; it must not be
 //! absolute, contain `.`/`..`/empty components or NUL, or name mtr's own state directory. On
 //! the receiving side nothing is ever written through a symlink: each parent component is
-//! checked with `lstat` to be a real directory inside the root.
+//! checked with `lstat` to be a real directory inside the root. A download's sink also checks
+//! that symlink targets stay inside the tree ([`check_symlink_target`]).
 
 use std::path::{Path, PathBuf};
 
@@ -48,6 +49,66 @@ pub fn check_relative(path: &str) -> Result<()> {
 /// The parent of a relative path (`None` at the root).
 pub fn parent(path: &str) -> Option<&str> {
     path.rfind('/').map(|i| &path[..i])
+}
+
+/// Whether relative path `path` is `top` or under it.
+pub fn within(path: &str, top: &str) -> bool {
+    path.strip_prefix(top)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Check that a symlink at relative path `path` with target `target` points inside the tree,
+/// whatever the tree holds: the target is relative, and its `..` components come first and
+/// climb at most to the directory `floor` levels below the root (1: inside a download's top
+/// entry; 0: anywhere under the root). `..` after a normal component is refused too: the
+/// component could be a link to a shallower directory, which would make the rest climb out.
+/// Returns why the target is refused.
+pub fn check_symlink_target(path: &str, target: &str, floor: usize) -> Result<(), &'static str> {
+    if target.is_empty() {
+        return Err("empty target");
+    }
+    if target.contains('\0') {
+        return Err("NUL in target");
+    }
+    if target.starts_with('/') {
+        return Err("absolute target, outside the tree");
+    }
+    let mut depth = path.split('/').count() - 1;
+    let mut descended = false;
+    for comp in target.split('/') {
+        match comp {
+            "" | "." => {}
+            ".." if descended => return Err("`..` after a name may leave the tree"),
+            ".." => {
+                if depth <= floor {
+                    return Err("`..` climbs out of the tree");
+                }
+                depth -= 1;
+            }
+            _ => descended = true,
+        }
+    }
+    if depth < floor {
+        return Err("points out of the tree");
+    }
+    Ok(())
+}
+
+/// Expand a leading `~` (alone or followed by `/`) to `$HOME`; the result must be absolute.
+pub fn expand_home(path: &str) -> Result<PathBuf> {
+    let p = if path == "~" || path.starts_with("~/") {
+        let home = std::env::var_os("HOME")
+            .ok_or_else(|| Error::Conflict(format!("cannot expand {path}: HOME is not set")))?;
+        PathBuf::from(home).join(path.trim_start_matches('~').trim_start_matches('/'))
+    } else {
+        PathBuf::from(path)
+    };
+    if !p.is_absolute() {
+        return Err(Error::Conflict(format!(
+            "{path:?} must be absolute or start with ~/"
+        )));
+    }
+    Ok(p)
 }
 
 /// A root directory on the receiving side and safe ways to reach paths under it.
@@ -155,6 +216,48 @@ mod tests {
         ] {
             check_relative(good).unwrap();
         }
+    }
+
+    #[test]
+    fn symlink_targets_must_stay_inside_the_tree() {
+        for (path, target) in [
+            ("out/a/l", "../b"),
+            ("out/a/l", "../../out/b"),
+            ("out/l", "sub/file"),
+            ("out/l", "./x/./y/"),
+            ("out/a/b/l", "../../c"),
+        ] {
+            let floor = 1;
+            match (check_symlink_target(path, target, floor), target) {
+                (Err(why), "../../out/b") => assert!(why.contains("climbs"), "{why}"),
+                (r, _) => r.unwrap_or_else(|why| panic!("{path} -> {target}: {why}")),
+            }
+        }
+        for (path, target, floor) in [
+            ("out/l", "/etc", 1),
+            ("out/l", "..", 1),
+            ("out/a/l", "../../x", 1),
+            ("out/l", "x/../..", 1),
+            ("out/l", "s/../x", 1),
+            ("out", "anything", 1),
+            ("l", "../x", 0),
+            ("out/l", "", 1),
+        ] {
+            assert!(
+                check_symlink_target(path, target, floor).is_err(),
+                "{path} -> {target} accepted"
+            );
+        }
+        check_symlink_target("l", "x", 0).unwrap();
+        check_symlink_target("a/l", "../x", 0).unwrap();
+    }
+
+    #[test]
+    fn within_matches_whole_components() {
+        assert!(within("out", "out"));
+        assert!(within("out/a", "out"));
+        assert!(!within("outside", "out"));
+        assert!(!within("o", "out"));
     }
 
     #[test]

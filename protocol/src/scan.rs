@@ -41,6 +41,8 @@ pub struct Filter {
     root: PathBuf,
     excludes: Gitignore,
     respect_gitignore: bool,
+    /// Keep everything but mtr's state directory ([`Filter::download`]).
+    everything: bool,
     dirs: Mutex<HashMap<String, Arc<Vec<Gitignore>>>>,
 }
 
@@ -59,8 +61,21 @@ impl Filter {
             root: root.to_path_buf(),
             excludes,
             respect_gitignore: opts.respect_gitignore,
+            everything: false,
             dirs: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The filter of a download's source: everything under `root` is sent except mtr's state
+    /// directory at its root (what an upload keeps there). No ignore files, no `.mtr/` rule.
+    pub fn download(root: &Path) -> Filter {
+        Filter {
+            root: root.to_path_buf(),
+            excludes: Gitignore::empty(),
+            respect_gitignore: false,
+            everything: true,
+            dirs: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Ignore files of directory `dir` (relative, "" for the root), loaded once.
@@ -105,6 +120,9 @@ impl Filter {
 
     /// Is `rel` excluded, given that its parent directories are not?
     pub fn excluded_here(&self, rel: &str, is_dir: bool) -> bool {
+        if self.everything {
+            return rel == STATE_DIR;
+        }
         if !rel.contains('/') && (rel == CONFIG_DIR || rel == STATE_DIR) {
             return true;
         }
@@ -158,6 +176,30 @@ pub struct Tree {
     /// Bytes read and hashed in this scan (0 when every file was in the index).
     pub bytes_hashed: u64,
     pub files_hashed: u64,
+}
+
+impl Tree {
+    /// This tree as the contents of a directory `name`: every path gets `name/` in front,
+    /// and `name` itself is a directory entry. A download's source sends its tree so, under
+    /// the local destination's name.
+    pub fn nest(self, name: &str) -> Tree {
+        let nested = |p: String| format!("{name}/{p}");
+        let mut entries: std::collections::BTreeMap<String, EntryKind> = self
+            .entries
+            .into_iter()
+            .map(|(p, k)| (nested(p), k))
+            .collect();
+        entries.insert(name.to_string(), EntryKind::Dir);
+        Tree {
+            entries,
+            chunks: self
+                .chunks
+                .into_iter()
+                .map(|(p, c)| (nested(p), c))
+                .collect(),
+            ..self
+        }
+    }
 }
 
 /// Progress callbacks; all optional.
@@ -291,6 +333,106 @@ pub fn chunk_file(path: &Path, expected: &StatKey, chunker: &Chunker) -> Result<
     Err(Error::Changed(path.to_path_buf()))
 }
 
+/// Whether an index entry with stat `st`, recorded by a scan that started at `scanned_at`,
+/// can be reused. A file modified within a clock tick of that scan could have changed again
+/// without its mtime changing: it is hashed again. Nanosecond timestamps tick in
+/// milliseconds; a whole-second mtime suggests a coarse filesystem (FAT, some NFS), which
+/// gets 2 s.
+fn trusted(st: &StatKey, scanned_at: i64) -> bool {
+    let window = if st.mtime_ns % 1_000_000_000 == 0 {
+        2_000_000_000
+    } else {
+        RACY_WINDOW_NS
+    };
+    st.mtime_ns < scanned_at.saturating_sub(window)
+}
+
+/// Chunk references (with offsets) of a chunk list.
+fn refs(specs: &[ChunkSpec]) -> Vec<ChunkRef> {
+    let mut off = 0u64;
+    specs
+        .iter()
+        .map(|c| {
+            let r = ChunkRef {
+                offset: off,
+                len: c.len,
+                hash: c.hash,
+            };
+            off += c.len as u64;
+            r
+        })
+        .collect()
+}
+
+/// Scan one regular file as a tree of one entry, `name` (a download of a single file),
+/// reusing its chunk list from `index` when its stat is unchanged. The index records the file
+/// under its own file name, so it serves whatever name the tree gives it.
+pub fn scan_file(
+    path: &Path,
+    name: &str,
+    index: Option<&SourceIndex>,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+) -> Result<(Tree, SourceIndex)> {
+    let started = now_ns();
+    let meta = std::fs::symlink_metadata(path).ctx("stat", path)?;
+    if !meta.is_file() {
+        return Err(Error::Conflict(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let key = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let st = stat_key(&meta);
+    let known = index
+        .filter(|ix| ix.protocol == PROTOCOL_VERSION && ix.chunker == Some(chunker.id()))
+        .and_then(|ix| {
+            ix.files
+                .iter()
+                .find(|e| e.path == key && e.stat == st && trusted(&st, ix.scanned_at_ns))
+        });
+    let mut tree = Tree::default();
+    let (st, chunks) = match known {
+        Some(e) => (st, refs(&e.chunks)),
+        None => {
+            progress.phase("hash", st.size);
+            let chunks = chunk_file(path, &st, chunker)?;
+            progress.advance(st.size);
+            tree.files_hashed = 1;
+            tree.bytes_hashed = st.size;
+            (
+                stat_key(&std::fs::symlink_metadata(path).ctx("stat", path)?),
+                chunks,
+            )
+        }
+    };
+    let specs = crate::chunker::specs(&chunks);
+    tree.entries.insert(
+        name.to_string(),
+        EntryKind::File {
+            size: st.size,
+            mode: meta.permissions().mode() & 0o777,
+            mtime_ns: st.mtime_ns,
+            digest: crate::chunker::file_digest(&specs),
+        },
+    );
+    tree.chunks.insert(name.to_string(), chunks);
+    let index = SourceIndex {
+        protocol: PROTOCOL_VERSION,
+        chunker: Some(chunker.id()),
+        scanned_at_ns: started,
+        files: vec![SourceIndexEntry {
+            path: key,
+            stat: st,
+            chunks: specs,
+        }],
+    };
+    Ok((tree, index))
+}
+
 /// Scan `root`: walk it with `filter`, reuse chunk lists from `index` for files whose stat is
 /// unchanged, chunk the rest on all cores. Returns the tree and the new index.
 pub fn scan(
@@ -310,18 +452,8 @@ pub fn scan(
         }
         _ => HashMap::new(),
     };
-    // A file modified within a clock tick of the last scan could have changed again without
-    // its mtime changing: hash it again. Nanosecond timestamps tick in milliseconds; a
-    // whole-second mtime suggests a coarse filesystem (FAT, some NFS), which gets 2 s.
     let scanned_at = index.map(|i| i.scanned_at_ns).unwrap_or(i64::MIN);
-    let trusted = |st: &StatKey| {
-        let window = if st.mtime_ns % 1_000_000_000 == 0 {
-            2_000_000_000
-        } else {
-            RACY_WINDOW_NS
-        };
-        st.mtime_ns < scanned_at.saturating_sub(window)
-    };
+    let trusted = |st: &StatKey| trusted(st, scanned_at);
 
     let mut tree = Tree::default();
     let mut to_hash: Vec<(String, StatKey)> = Vec::new();
@@ -394,20 +526,7 @@ pub fn scan(
         add(&mut tree, p, st, chunks);
     }
     for (p, st, specs) in reused {
-        let mut off = 0u64;
-        let chunks = specs
-            .iter()
-            .map(|c| {
-                let r = ChunkRef {
-                    offset: off,
-                    len: c.len,
-                    hash: c.hash,
-                };
-                off += c.len as u64;
-                r
-            })
-            .collect();
-        add(&mut tree, p, st, chunks);
+        add(&mut tree, p, st, refs(&specs));
     }
     Ok((tree, new_index))
 }

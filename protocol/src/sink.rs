@@ -1,15 +1,18 @@
-//! The sink role of a sync session: it receives a tree into a root directory.
+//! The sink role of a sync session: it receives a tree into a root directory. `mtr-agent
+//! serve` runs it for an upload (root: `remote_dir`); `mtr` runs it for a download
+//! ([`crate::get`]), with [`SinkOptions::download`] against a server it does not trust.
 //!
 //! Invariants:
 //! - every path from the peer is checked ([`crate::paths`]); nothing is written through a
-//!   symlink or outside the root;
-//! - a file is built in `<root>/.mtr-sync/staging/` and renamed into place: a user-visible file
-//!   is always its old or its new version, and an interrupted build is reused (verified chunk
-//!   by chunk) by the next run;
+//!   symlink or outside the root (outside the destination, for a download);
+//! - a file is built in a staging directory on the root's filesystem (`<root>/.mtr-sync/staging/`
+//!   for an upload, a hidden sibling of a download's destination) and renamed into place: a
+//!   user-visible file is always its old or its new version, and an interrupted build is reused
+//!   (verified chunk by chunk) by the next run;
 //! - chunks already on the sink are copied locally (`copy_file_range`) from the files the
 //!   sink's index says hold them, trusted only while their `stat` matches the index; only
 //!   missing chunks are asked for, and every received chunk is verified against its hash;
-//! - only paths the sink wrote (its index) are ever deleted; files created on the remote side
+//! - only paths the sink wrote (its index) are ever deleted; files created on the sink's side
 //!   survive.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -22,17 +25,17 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::chunker;
+use crate::chunker::{self, Chunker};
 use crate::codec::{Frame, FrameReader, FrameWriter, MAX_CHUNK};
 use crate::compress;
 use crate::error::{Error, IoContext, Result};
 use crate::index;
 use crate::manifest;
-use crate::paths::{check_relative, Root};
-use crate::scan::stat_of;
+use crate::paths::{self, check_relative, Root, STATE_DIR};
+use crate::scan::{self, stat_of, Progress};
 use crate::wire::{
-    ChunkSpec, Entry, EntryKind, FromSink, Hash, Op, SinkIndex, SinkRecord, SinkStats, StatKey,
-    ToSink, PROTOCOL_VERSION,
+    Change, ChunkSpec, Entry, EntryKind, FromSink, Hash, Op, SinkIndex, SinkRecord, SinkStats,
+    StatKey, ToSink, PROTOCOL_VERSION,
 };
 
 /// Entries per `IndexBatch` message.
@@ -41,6 +44,57 @@ const INDEX_BATCH: usize = 4096;
 const SAVE_EVERY: Duration = Duration::from_secs(5);
 /// How long to wait for another sync of the same root to finish.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+/// The source's warnings shown at most (the rest are counted).
+const MAX_WARNINGS: usize = 100;
+
+/// How far a sink trusts its peer beyond the checks it always makes, and what it keeps. The
+/// default is an upload's sink (`mtr-agent serve`); [`SinkOptions::download`] is mtr's when it
+/// receives a download from a server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkOptions {
+    /// Accept only this top-level entry and paths under it (a download's destination); any
+    /// other path is refused as unsafe.
+    pub confine_to: Option<String>,
+    /// Skip, with a warning, symlinks whose target is absolute or may climb out of the tree
+    /// (out of `confine_to` when set; see [`paths::check_symlink_target`]). A path under a
+    /// skipped link is then refused as unsafe: a real source never sends one.
+    pub contain_symlinks: bool,
+    /// When the peer deletes a file the sink wrote but that changed on the sink's side since,
+    /// keep it (with a warning) instead of deleting the change.
+    pub keep_changed: bool,
+    /// On first contact (no index yet), chunk the files already under the root (`confine_to`)
+    /// and files the sink wrote that changed since, so their chunks are copied locally
+    /// instead of transferred.
+    pub reuse_existing: bool,
+}
+
+impl SinkOptions {
+    /// mtr receiving a download into `name` (a file or directory of the root) from a server
+    /// it does not trust.
+    pub fn download(name: &str) -> SinkOptions {
+        SinkOptions {
+            confine_to: Some(name.to_string()),
+            contain_symlinks: true,
+            keep_changed: true,
+            reuse_existing: true,
+        }
+    }
+}
+
+/// Where a sink writes and where it keeps its state.
+pub(crate) struct SinkConfig {
+    /// The directory received paths are relative to: absolute, existing, symlinks resolved.
+    pub root: PathBuf,
+    /// The index and the lock.
+    pub state_dir: PathBuf,
+    /// Where files are built before the rename into place: on the root's filesystem, created
+    /// when first needed.
+    pub staging_dir: PathBuf,
+    pub options: SinkOptions,
+    /// Answer the handshake and listings, take a [`ToSink::Plan`]; change nothing (no lock,
+    /// no directories created).
+    pub dry_run: bool,
+}
 
 /// Serve one session on `input`/`output` as the sink. `version` is this program's version;
 /// a peer of another version is told ours and the session ends.
@@ -70,7 +124,12 @@ fn session<R: Read, W: Write>(
             root,
             ..
         } => (root, protocol, version),
-        other => return Err(Error::Protocol(format!("expected Hello, got {other:?}"))),
+        other => {
+            return Err(Error::Protocol(format!(
+                "expected Hello, got {}",
+                what(&other)
+            )))
+        }
     };
     if peer_protocol != PROTOCOL_VERSION || peer_version != version {
         w.msg(&FromSink::HelloAck {
@@ -83,55 +142,58 @@ fn session<R: Read, W: Write>(
         w.flush()?;
         return Ok(());
     }
-    let mut sink = Sink::open(&root)?;
-    let dirty = sink.validate();
-    w.msg(&FromSink::HelloAck {
-        protocol: PROTOCOL_VERSION,
-        version: version.to_string(),
-        root: sink.root.path().display().to_string(),
-        token: sink.token,
-        dirty,
-    })?;
-    w.flush()?;
-    loop {
-        let msg = match r.frame::<ToSink>()? {
-            None => return Ok(()),
-            Some(Frame::Msg(m)) => m,
-            Some(Frame::Data(_)) => {
-                return Err(Error::Protocol("data frame outside a batch".into()))
-            }
-        };
-        match msg {
-            ToSink::ListIndex => {
-                let entries: Vec<Entry> =
-                    sink.records.values().map(|r| r.rec.entry.clone()).collect();
-                for batch in entries.chunks(INDEX_BATCH) {
-                    w.msg(&FromSink::IndexBatch {
-                        entries: batch.to_vec(),
-                    })?;
-                }
-                w.msg(&FromSink::IndexEnd)?;
-                w.flush()?;
-            }
-            ToSink::Ops { ops } => {
-                sink.token = None;
-                sink.batch(ops, r, w)?;
-                w.msg(&FromSink::BatchDone)?;
-                w.flush()?;
-                sink.maybe_save()?;
-            }
-            ToSink::Commit => {
-                let token = sink.commit()?;
-                sink.stats.peak_rss_kib = peak_rss_kib();
-                w.msg(&FromSink::Committed {
-                    token,
-                    stats: sink.stats.clone(),
-                })?;
-                w.flush()?;
-            }
-            ToSink::Bye => return Ok(()),
-            other => return Err(Error::Protocol(format!("unexpected {other:?}"))),
+    let mut sink = Sink::open(serve_config(&root)?)?;
+    sink.greet(w, version)?;
+    sink.run(r, w, &scan::NoProgress).map(drop)
+}
+
+/// An upload's sink: `root` (`remote_dir`, `~/` expanded) created if missing, its state in
+/// `<root>/.mtr-sync/`.
+fn serve_config(root: &str) -> Result<SinkConfig> {
+    let path = paths::expand_home(root)?;
+    fs::create_dir_all(&path).ctx("create remote_dir", &path)?;
+    let path = fs::canonicalize(&path).ctx("resolve", &path)?;
+    let state = path.join(STATE_DIR);
+    match fs::symlink_metadata(&state) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::Conflict(format!(
+                "{} exists and is not mtr's state directory; move it away",
+                state.display()
+            )))
         }
+        Err(_) => fs::create_dir(&state).ctx("create", &state)?,
+    }
+    Ok(SinkConfig {
+        root: path,
+        staging_dir: state.join("staging"),
+        state_dir: state,
+        options: SinkOptions::default(),
+        dry_run: false,
+    })
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The source said `Bye`.
+    Bye,
+    /// The stream ended without a `Bye`.
+    Eof,
+}
+
+/// A short name of a message, for errors (never the whole message: it can be large).
+pub(crate) fn what(m: &ToSink) -> &'static str {
+    match m {
+        ToSink::Hello { .. } => "Hello",
+        ToSink::ListIndex => "ListIndex",
+        ToSink::Ops { .. } => "Ops",
+        ToSink::DataEnd => "DataEnd",
+        ToSink::Commit => "Commit",
+        ToSink::Plan { .. } => "Plan",
+        ToSink::Warnings { .. } => "Warnings",
+        ToSink::Error { .. } => "Error",
+        ToSink::Bye => "Bye",
     }
 }
 
@@ -182,34 +244,54 @@ struct Staged {
     file: File,
 }
 
+impl Staged {
+    fn size(&self) -> u64 {
+        match self.entry {
+            EntryKind::File { size, .. } => size,
+            _ => 0,
+        }
+    }
+}
+
+/// A file found on the sink that the sink did not write (or that changed since), chunked
+/// so its chunks can be copied: trusted while its `stat` is unchanged, never deleted.
+struct Seed {
+    stat: StatKey,
+    chunks: Vec<ChunkSpec>,
+}
+
 /// The receiving side's state for one root.
-struct Sink {
+pub(crate) struct Sink {
     root: Root,
+    state_dir: PathBuf,
+    staging_dir: PathBuf,
+    staging_ready: bool,
+    opts: SinkOptions,
+    dry_run: bool,
     records: BTreeMap<String, Rec>,
     locs: HashMap<Hash, Loc>,
+    seeds: HashMap<String, Seed>,
+    /// Symlinks skipped under [`SinkOptions::contain_symlinks`]: nothing may go under them.
+    refused: HashSet<String>,
     token: Option<Hash>,
+    /// Ops were applied since the last commit.
+    uncommitted: bool,
     stats: SinkStats,
+    /// Upserts and deletes received.
+    changes: u64,
+    /// Chunk bytes as they crossed the wire (compressed or raw).
+    payload_received: u64,
+    /// Bytes read to index files found on the sink ([`SinkOptions::reuse_existing`]).
+    bytes_hashed: u64,
+    /// What a dry run would change ([`ToSink::Plan`], as seen from the sink).
+    plan: Vec<Change>,
+    /// Things skipped or kept, for the user.
+    warnings: Vec<String>,
     last_save: Instant,
-    _lock: File,
+    _lock: Option<File>,
 }
 
-fn expand_root(root: &str) -> Result<PathBuf> {
-    let p = if root == "~" || root.starts_with("~/") {
-        let home = std::env::var_os("HOME")
-            .ok_or_else(|| Error::Conflict(format!("cannot expand {root}: HOME is not set")))?;
-        PathBuf::from(home).join(root.trim_start_matches('~').trim_start_matches('/'))
-    } else {
-        PathBuf::from(root)
-    };
-    if !p.is_absolute() {
-        return Err(Error::Conflict(format!(
-            "remote_dir {root:?} must be absolute or start with ~/"
-        )));
-    }
-    Ok(p)
-}
-
-fn lock(path: &Path) -> Result<File> {
+fn lock(path: &Path, what: &Path) -> Result<File> {
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -229,11 +311,9 @@ fn lock(path: &Path) -> Result<File> {
         }
         if start.elapsed() > LOCK_TIMEOUT {
             return Err(Error::Conflict(format!(
-                "another mtr sync to {} has held its lock for {}s; try again later",
-                path.parent()
-                    .and_then(|p| p.parent())
-                    .unwrap_or(path)
-                    .display(),
+                "another mtr sync to {} has held its lock ({}) for {}s; try again later",
+                what.display(),
+                path.display(),
                 LOCK_TIMEOUT.as_secs()
             )));
         }
@@ -242,33 +322,34 @@ fn lock(path: &Path) -> Result<File> {
 }
 
 impl Sink {
-    fn open(root: &str) -> Result<Sink> {
-        let path = expand_root(root)?;
-        fs::create_dir_all(&path).ctx("create remote_dir", &path)?;
-        let path = fs::canonicalize(&path).ctx("resolve", &path)?;
-        let root = Root::new(path);
-        let state = root.state_dir();
-        match fs::symlink_metadata(&state) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(Error::Conflict(format!(
-                    "{} exists and is not mtr's state directory; move it away",
-                    state.display()
-                )))
-            }
-            Err(_) => fs::create_dir(&state).ctx("create", &state)?,
-        }
-        fs::create_dir_all(state.join("staging")).ctx("create", state.join("staging"))?;
-        let lock = lock(&state.join("lock"))?;
-        let ix: SinkIndex = index::load(&state.join("index")).unwrap_or_default();
+    /// Lock the state (unless a dry run) and load the index. Recorded paths that are unsafe or
+    /// outside `confine_to` are dropped.
+    pub(crate) fn open(cfg: SinkConfig) -> Result<Sink> {
+        let root = Root::new(cfg.root);
+        let target = match &cfg.options.confine_to {
+            Some(top) => root.join(top),
+            None => root.path().to_path_buf(),
+        };
+        let lock = if cfg.dry_run {
+            None
+        } else {
+            fs::create_dir_all(&cfg.state_dir).ctx("create", &cfg.state_dir)?;
+            Some(lock(&cfg.state_dir.join("lock"), &target)?)
+        };
+        let ix: SinkIndex = index::load(&cfg.state_dir.join("index")).unwrap_or_default();
         let (token, records) = if ix.protocol == PROTOCOL_VERSION {
             (ix.token, ix.records)
         } else {
             (None, Vec::new())
         };
+        let confine = cfg.options.confine_to.clone();
         let records = records
             .into_iter()
             .filter(|r| check_relative(&r.entry.path).is_ok())
+            .filter(|r| match &confine {
+                Some(top) => paths::within(&r.entry.path, top),
+                None => true,
+            })
             .map(|r| {
                 (
                     r.entry.path.clone(),
@@ -281,13 +362,201 @@ impl Sink {
             .collect();
         Ok(Sink {
             root,
+            state_dir: cfg.state_dir,
+            staging_dir: cfg.staging_dir,
+            staging_ready: false,
+            opts: cfg.options,
+            dry_run: cfg.dry_run,
             records,
             locs: HashMap::new(),
+            seeds: HashMap::new(),
+            refused: HashSet::new(),
             token,
+            uncommitted: false,
             stats: SinkStats::default(),
+            changes: 0,
+            payload_received: 0,
+            bytes_hashed: 0,
+            plan: Vec::new(),
+            warnings: Vec::new(),
             last_save: Instant::now(),
             _lock: lock,
         })
+    }
+
+    /// Validate the index against the filesystem and answer the source's `Hello`.
+    pub(crate) fn greet<W: Write>(&mut self, w: &mut FrameWriter<W>, version: &str) -> Result<()> {
+        let dirty = self.validate();
+        w.msg(&FromSink::HelloAck {
+            protocol: PROTOCOL_VERSION,
+            version: version.to_string(),
+            root: self.root.path().display().to_string(),
+            token: self.token,
+            dirty,
+        })?;
+        w.flush()
+    }
+
+    /// What the session did, for a download's report.
+    pub(crate) fn into_received(self) -> crate::get::Received {
+        crate::get::Received {
+            changes: self.changes,
+            entries: self.records.len(),
+            plan: self.plan,
+            stats: self.stats,
+            payload_bytes: self.payload_received,
+            bytes_hashed: self.bytes_hashed,
+        }
+    }
+
+    /// What was skipped or kept so far, for the user.
+    pub(crate) fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// Serve the source's requests until `Bye` or the end of the stream.
+    pub(crate) fn run<R: Read, W: Write>(
+        &mut self,
+        r: &mut FrameReader<R>,
+        w: &mut FrameWriter<W>,
+        progress: &dyn Progress,
+    ) -> Result<End> {
+        loop {
+            let msg = match r.frame::<ToSink>()? {
+                None => return Ok(End::Eof),
+                Some(Frame::Msg(m)) => m,
+                Some(Frame::Data(_)) => {
+                    return Err(Error::Protocol("data frame outside a batch".into()))
+                }
+            };
+            match msg {
+                ToSink::ListIndex => {
+                    let entries: Vec<Entry> =
+                        self.records.values().map(|r| r.rec.entry.clone()).collect();
+                    for batch in entries.chunks(INDEX_BATCH) {
+                        w.msg(&FromSink::IndexBatch {
+                            entries: batch.to_vec(),
+                        })?;
+                    }
+                    w.msg(&FromSink::IndexEnd)?;
+                    w.flush()?;
+                }
+                ToSink::Ops { ops } if !self.dry_run => {
+                    self.token = None;
+                    self.uncommitted = true;
+                    self.batch(ops, r, w, progress)?;
+                    w.msg(&FromSink::BatchDone)?;
+                    w.flush()?;
+                    self.maybe_save()?;
+                }
+                ToSink::Commit if !self.dry_run => {
+                    let token = self.commit()?;
+                    self.uncommitted = false;
+                    self.stats.peak_rss_kib = peak_rss_kib();
+                    w.msg(&FromSink::Committed {
+                        token,
+                        stats: self.stats.clone(),
+                    })?;
+                    w.flush()?;
+                }
+                ToSink::Plan { changes } if self.dry_run => self.take_plan(changes)?,
+                ToSink::Warnings { messages } => {
+                    let kept = messages.len().min(MAX_WARNINGS);
+                    self.warnings.extend(
+                        messages[..kept]
+                            .iter()
+                            .map(|m| format!("the source skipped {}", printable(m))),
+                    );
+                    if messages.len() > kept {
+                        self.warnings.push(format!(
+                            "the source skipped {} more paths",
+                            messages.len() - kept
+                        ));
+                    }
+                }
+                ToSink::Error { message } => return Err(Error::Remote(printable(&message))),
+                ToSink::Bye => return Ok(End::Bye),
+                other => {
+                    let when = if self.dry_run { " in a dry run" } else { "" };
+                    return Err(Error::Protocol(format!(
+                        "unexpected {}{when}",
+                        what(&other)
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Whether ops were applied and not committed (a source that leaves now left a partial
+    /// tree behind).
+    pub(crate) fn uncommitted(&self) -> bool {
+        self.uncommitted
+    }
+
+    /// Refuse a path from the peer that is unsafe, outside `confine_to`, or under a symlink
+    /// that was refused.
+    fn admit(&self, path: &str) -> Result<()> {
+        check_relative(path)?;
+        if let Some(top) = &self.opts.confine_to {
+            if !paths::within(path, top) {
+                return Err(Error::UnsafePath {
+                    path: path.chars().take(200).collect(),
+                    reason: "outside the download",
+                });
+            }
+        }
+        if !self.refused.is_empty() {
+            let mut at = path;
+            while let Some(parent) = paths::parent(at) {
+                if self.refused.contains(parent) {
+                    return Err(Error::UnsafePath {
+                        path: path.chars().take(200).collect(),
+                        reason: "under a symlink that was refused",
+                    });
+                }
+                at = parent;
+            }
+        }
+        Ok(())
+    }
+
+    /// Record a dry run's plan as it would apply here: an added path that exists already is an
+    /// update, and a changed file that would be kept is not a delete.
+    fn take_plan(&mut self, changes: Vec<Change>) -> Result<()> {
+        for c in changes {
+            let (Change::Add(p) | Change::Update(p) | Change::Touch(p) | Change::Delete(p)) = &c;
+            self.admit(p)?;
+            let exists = || {
+                self.root
+                    .existing(p)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|abs| fs::symlink_metadata(abs).is_ok())
+            };
+            let c = match c {
+                Change::Add(p) if exists() => Change::Update(p),
+                Change::Delete(p) if self.kept(&p) && exists() => {
+                    self.warnings.push(format!(
+                        "would keep {}: changed here since mtr wrote it",
+                        self.root.join(&p).display()
+                    ));
+                    continue;
+                }
+                c => c,
+            };
+            self.plan.push(c);
+        }
+        Ok(())
+    }
+
+    /// Whether a delete of `path` keeps it: a non-directory the sink wrote that changed since,
+    /// under [`SinkOptions::keep_changed`].
+    fn kept(&self, path: &str) -> bool {
+        self.opts.keep_changed
+            && self
+                .records
+                .get(path)
+                .is_some_and(|r| r.dirty && !matches!(r.rec.entry.kind, EntryKind::Dir))
     }
 
     /// Check every recorded path against the filesystem; returns the ones that changed.
@@ -321,12 +590,124 @@ impl Sink {
         changed
     }
 
-    fn forget_locs(&mut self, path: &str) {
-        if let Some(r) = self.records.get(path) {
-            for c in &r.rec.chunks {
-                if self.locs.get(&c.hash).is_some_and(|l| l.path == path) {
-                    self.locs.remove(&c.hash);
+    /// [`SinkOptions::reuse_existing`]: chunk the files this sink can copy from but has no
+    /// chunk list for — on first contact every regular file under the root (`confine_to`), and
+    /// always the files it wrote that changed since — so a download into a directory that
+    /// already holds an older copy moves only what differs. Symlinks are never followed; a
+    /// file that cannot be read is skipped.
+    pub(crate) fn reuse_existing(&mut self, chunker: &Chunker, progress: &dyn Progress) {
+        if !self.opts.reuse_existing {
+            return;
+        }
+        let mut found: Vec<(String, StatKey)> = Vec::new();
+        if self.records.is_empty() {
+            let top = self.opts.confine_to.clone().unwrap_or_default();
+            self.find_files(&top, &mut found);
+        } else {
+            for (path, r) in &self.records {
+                if !r.dirty || !matches!(r.rec.entry.kind, EntryKind::File { .. }) {
+                    continue;
                 }
+                if let Ok(Some(abs)) = self.root.existing(path) {
+                    match fs::symlink_metadata(&abs) {
+                        Ok(m) if m.is_file() => found.push((path.clone(), stat_of(&m))),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if found.is_empty() {
+            return;
+        }
+        progress.phase("index", found.iter().map(|(_, st)| st.size).sum());
+        let root = &self.root;
+        let chunked: Vec<(String, Seed)> = found
+            .into_par_iter()
+            .filter_map(|(path, st)| {
+                let abs = root.join(&path);
+                let chunks = scan::chunk_file(&abs, &st, chunker)
+                    .map_err(|e| log::debug!("not reusing {}: {e}", abs.display()))
+                    .ok()?;
+                progress.advance(st.size);
+                let stat = stat_of(&fs::symlink_metadata(&abs).ok()?);
+                Some((
+                    path,
+                    Seed {
+                        stat,
+                        chunks: chunker::specs(&chunks),
+                    },
+                ))
+            })
+            .collect();
+        for (path, seed) in chunked {
+            let mut off = 0;
+            for c in &seed.chunks {
+                self.locs.entry(c.hash).or_insert_with(|| Loc {
+                    path: path.clone(),
+                    offset: off,
+                    len: c.len,
+                });
+                off += c.len as u64;
+            }
+            self.bytes_hashed += seed.stat.size;
+            self.seeds.insert(path, seed);
+        }
+    }
+
+    /// Regular files at or under `rel` ("" for the root), without following symlinks.
+    fn find_files(&self, rel: &str, out: &mut Vec<(String, StatKey)>) {
+        let abs = if rel.is_empty() {
+            self.root.path().to_path_buf()
+        } else {
+            match self.root.existing(rel) {
+                Ok(Some(abs)) => abs,
+                _ => return,
+            }
+        };
+        let Ok(m) = fs::symlink_metadata(&abs) else {
+            return;
+        };
+        if m.is_file() && !rel.is_empty() {
+            out.push((rel.to_string(), stat_of(&m)));
+            return;
+        }
+        if !m.is_dir() {
+            return;
+        }
+        let Ok(rd) = fs::read_dir(&abs) else {
+            return;
+        };
+        for de in rd.flatten() {
+            let Some(name) = de.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if rel.is_empty() && name == STATE_DIR {
+                continue;
+            }
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            self.find_files(&child, out);
+        }
+    }
+
+    /// The `stat` a chunk source at `path` must still have: a file the sink wrote (and that
+    /// did not change since), else a file found on the sink.
+    fn trusted_stat(&self, path: &str) -> Option<StatKey> {
+        match self.records.get(path) {
+            Some(r) if !r.dirty => Some(r.rec.stat),
+            _ => self.seeds.get(path).map(|s| s.stat),
+        }
+    }
+
+    fn forget_locs(&mut self, path: &str) {
+        let recorded = self.records.get(path).map(|r| &r.rec.chunks);
+        let seeded = self.seeds.get(path).map(|s| &s.chunks);
+        for c in recorded.into_iter().chain(seeded).flatten() {
+            if self.locs.get(&c.hash).is_some_and(|l| l.path == path) {
+                self.locs.remove(&c.hash);
             }
         }
     }
@@ -334,6 +715,7 @@ impl Sink {
     fn record(&mut self, entry: Entry, chunks: Vec<ChunkSpec>, stat: StatKey) {
         let path = entry.path.clone();
         self.forget_locs(&path);
+        self.seeds.remove(&path);
         let mut off = 0;
         for c in &chunks {
             self.locs.entry(c.hash).or_insert_with(|| Loc {
@@ -359,6 +741,7 @@ impl Sink {
     fn unrecord(&mut self, path: &str) {
         self.forget_locs(path);
         self.records.remove(path);
+        self.seeds.remove(path);
     }
 
     /// Remove whatever non-directory or mtr-written directory tree is at `rel` so something
@@ -413,19 +796,25 @@ impl Sink {
         ops: Vec<Op>,
         r: &mut FrameReader<R>,
         w: &mut FrameWriter<W>,
+        progress: &dyn Progress,
     ) -> Result<()> {
         let mut staged: Vec<Staged> = Vec::new();
         let mut need = Need::default();
         let mut copies: Vec<Copy> = Vec::new();
         for op in ops {
             match op {
-                Op::Delete { path } => self.delete(&path)?,
+                Op::Delete { path } => {
+                    self.admit(&path)?;
+                    self.changes += 1;
+                    self.delete(&path)?
+                }
                 Op::Forget { path } => {
-                    check_relative(&path)?;
+                    self.admit(&path)?;
                     self.unrecord(&path);
                 }
                 Op::Upsert { entry, chunks } => {
-                    check_relative(&entry.path)?;
+                    self.admit(&entry.path)?;
+                    self.changes += 1;
                     match entry.kind.clone() {
                         EntryKind::Dir => self.upsert_dir(entry)?,
                         EntryKind::Symlink { target } => self.upsert_symlink(entry, &target)?,
@@ -459,8 +848,11 @@ impl Sink {
             hashes: need.order.clone(),
         })?;
         w.flush()?;
-        let failed = self.copy_local(&staged, copies)?;
-        self.receive(&staged, &mut need.waiting, r)?;
+        if !staged.is_empty() {
+            progress.phase("receive", staged.iter().map(|s| s.size()).sum());
+        }
+        let failed = self.copy_local(&staged, copies, progress)?;
+        self.receive(&staged, &mut need.waiting, r, progress)?;
         if !failed.is_empty() {
             // A copy source changed under us: those chunks travel after all.
             let mut again = Need::default();
@@ -471,7 +863,7 @@ impl Sink {
                 hashes: again.order.clone(),
             })?;
             w.flush()?;
-            self.receive(&staged, &mut again.waiting, r)?;
+            self.receive(&staged, &mut again.waiting, r, progress)?;
         }
         for s in staged {
             self.place(s)?;
@@ -482,7 +874,12 @@ impl Sink {
     /// Copy chunks the sink already holds into the staged files, merging runs that are
     /// contiguous on both sides into one `copy_file_range`. A source whose `stat` no longer
     /// matches the index is not trusted: its copies are returned to be requested instead.
-    fn copy_local(&mut self, staged: &[Staged], mut copies: Vec<Copy>) -> Result<Vec<Copy>> {
+    fn copy_local(
+        &mut self,
+        staged: &[Staged],
+        mut copies: Vec<Copy>,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Copy>> {
         copies.sort_by_key(|c| (c.idx, c.off));
         let mut sources: HashMap<String, Option<File>> = HashMap::new();
         let mut failed = Vec::new();
@@ -501,11 +898,11 @@ impl Sink {
                 j += 1;
             }
             let src = sources.entry(first.src.path.clone()).or_insert_with(|| {
-                let rec = self.records.get(&first.src.path).filter(|r| !r.dirty)?;
+                let stat = self.trusted_stat(&first.src.path)?;
                 let abs = self.root.existing(&first.src.path).ok().flatten()?;
                 let f = File::open(&abs).ok()?;
                 let m = f.metadata().ok()?;
-                (m.is_file() && stat_of(&m) == rec.rec.stat).then_some(f)
+                (m.is_file() && stat_of(&m) == stat).then_some(f)
             });
             let dst = &staged[first.idx];
             let ok = match src {
@@ -515,6 +912,7 @@ impl Sink {
             };
             if ok {
                 self.stats.bytes_copied_locally += len;
+                progress.advance(len);
             } else {
                 failed.extend(copies[i..j].iter().cloned());
             }
@@ -526,6 +924,7 @@ impl Sink {
                     r.dirty = true;
                 }
                 self.forget_locs(path);
+                self.seeds.remove(path);
             }
         }
         Ok(failed)
@@ -537,17 +936,24 @@ impl Sink {
             return Ok(()); // never delete what mtr did not write
         };
         let is_dir = matches!(rec.rec.entry.kind, EntryKind::Dir);
+        let kept = self.kept(path);
         if let Some(abs) = self.root.existing(path)? {
             match fs::symlink_metadata(&abs) {
-                // Left in place if the remote side put files in it.
+                // Left in place if the sink's side put files in it.
                 Ok(m) if m.is_dir() && is_dir && fs::remove_dir(&abs).is_ok() => {
                     self.stats.deleted += 1;
+                }
+                Ok(m) if !m.is_dir() && !is_dir && kept => {
+                    self.warnings.push(format!(
+                        "kept {}: it changed here since mtr wrote it",
+                        abs.display()
+                    ));
                 }
                 Ok(m) if !m.is_dir() && !is_dir => {
                     fs::remove_file(&abs).ctx("delete", &abs)?;
                     self.stats.deleted += 1;
                 }
-                _ => {} // replaced by something else on the remote side: leave it
+                _ => {} // replaced by something else on the sink's side: leave it
             }
         }
         self.unrecord(path);
@@ -569,6 +975,17 @@ impl Sink {
     }
 
     fn upsert_symlink(&mut self, entry: Entry, target: &str) -> Result<()> {
+        if self.opts.contain_symlinks {
+            let floor = usize::from(self.opts.confine_to.is_some());
+            if let Err(why) = paths::check_symlink_target(&entry.path, target, floor) {
+                self.warnings.push(format!(
+                    "skipped symlink {} -> {target:?}: {why}",
+                    self.root.join(&entry.path).display()
+                ));
+                self.refused.insert(entry.path);
+                return Ok(());
+            }
+        }
         let abs = self.root.prepare_parent(&entry.path)?;
         if let Ok(m) = fs::symlink_metadata(&abs) {
             if m.file_type().is_symlink()
@@ -581,7 +998,7 @@ impl Sink {
                 self.clear_for(&entry.path, &abs, &m)?;
             }
         }
-        let tmp = self.staging_path(&entry.path, "link");
+        let tmp = self.staging_path(&entry.path, "link")?;
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(target, &tmp).ctx("create symlink", &tmp)?;
         fs::rename(&tmp, &abs).ctx("rename into place", &abs)?;
@@ -590,12 +1007,16 @@ impl Sink {
         Ok(())
     }
 
-    fn staging_path(&self, path: &str, tag: &str) -> PathBuf {
+    /// Where `path` is built: in the staging directory, created when first needed.
+    fn staging_path(&mut self, path: &str, tag: &str) -> Result<PathBuf> {
+        if !self.staging_ready {
+            fs::create_dir_all(&self.staging_dir).ctx("create", &self.staging_dir)?;
+            self.staging_ready = true;
+        }
         let h = blake3::hash(path.as_bytes());
-        self.root
-            .state_dir()
-            .join("staging")
-            .join(format!("{}-{tag}", &h.to_hex()[..32]))
+        Ok(self
+            .staging_dir
+            .join(format!("{}-{tag}", &h.to_hex()[..32])))
     }
 
     /// Returns the staged file and the offsets already filled, or `None` when the file
@@ -614,13 +1035,21 @@ impl Sink {
         else {
             unreachable!()
         };
-        let have = self.records.get(&entry.path).filter(|r| {
+        let recorded = self.records.get(&entry.path).filter(|r| {
             !r.dirty
                 && matches!(&r.rec.entry.kind, EntryKind::File { digest: d, .. } if *d == digest)
         });
-        if let Some(have) = have {
+        let have = match recorded {
+            Some(r) => Some(r.rec.chunks.clone()),
+            // A file found here with this content already: adopt it.
+            None => self
+                .seeds
+                .get(&entry.path)
+                .filter(|s| chunker::file_digest(&s.chunks) == digest)
+                .map(|s| s.chunks.clone()),
+        };
+        if let Some(chunks) = have {
             // Content in place: metadata only.
-            let chunks = have.rec.chunks.clone();
             let abs = self
                 .root
                 .existing(&entry.path)?
@@ -650,7 +1079,7 @@ impl Sink {
                 entry.path
             )));
         }
-        let tmp = self.staging_path(&entry.path, &hex(&digest[..8]));
+        let tmp = self.staging_path(&entry.path, &hex(&digest[..8]))?;
         let mut filled = HashSet::new();
         let file = match fs::symlink_metadata(&tmp) {
             Ok(m) if m.is_file() => {
@@ -707,6 +1136,7 @@ impl Sink {
         staged: &[Staged],
         need: &mut HashMap<Hash, Vec<(usize, u64)>>,
         r: &mut FrameReader<R>,
+        progress: &dyn Progress,
     ) -> Result<()> {
         loop {
             match r.frame::<ToSink>()? {
@@ -714,6 +1144,7 @@ impl Sink {
                     let targets = need.remove(&d.hash).ok_or_else(|| {
                         Error::Protocol(format!("unrequested chunk {}", hex(&d.hash[..8])))
                     })?;
+                    self.payload_received += d.payload.len() as u64;
                     let raw = if d.compressed {
                         compress::decompress(&d.payload, d.raw_len)?
                     } else {
@@ -740,6 +1171,7 @@ impl Sink {
                             )));
                         }
                         s.file.write_all_at(&raw, off).ctx("write", &s.tmp)?;
+                        progress.advance(raw.len() as u64);
                     }
                 }
                 Some(Frame::Msg(ToSink::DataEnd)) => break,
@@ -804,7 +1236,7 @@ impl Sink {
             token,
             records: self.records.values().map(|r| r.rec.clone()).collect(),
         };
-        index::save(&self.root.state_dir().join("index"), &ix)?;
+        index::save(&self.state_dir.join("index"), &ix)?;
         self.last_save = Instant::now();
         Ok(())
     }
@@ -821,8 +1253,7 @@ impl Sink {
         self.save(Some(token))?;
         self.token = Some(token);
         // Leftovers of interrupted runs that this sync did not need.
-        let staging = self.root.state_dir().join("staging");
-        if let Ok(rd) = fs::read_dir(&staging) {
+        if let Ok(rd) = fs::read_dir(&self.staging_dir) {
             for de in rd.flatten() {
                 let _ = fs::remove_file(de.path());
             }
@@ -968,6 +1399,17 @@ pub fn peak_rss_kib() -> u64 {
         ru.ru_maxrss as u64
     } else {
         0
+    }
+}
+
+/// Text from the peer, safe to show on a terminal: control characters escaped, at most 1000
+/// characters.
+fn printable(text: &str) -> String {
+    let text: String = text.chars().take(1000).collect();
+    if text.chars().any(char::is_control) {
+        text.escape_debug().to_string()
+    } else {
+        text
     }
 }
 

@@ -1,4 +1,6 @@
-//! The source role of a sync session: it has the tree and sends the sink what it lacks.
+//! The source role of a sync session: it has the tree and sends the sink what it lacks. `mtr`
+//! runs it over the project for an upload; `mtr-agent send` over one remote path for a
+//! download ([`crate::get`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -19,12 +21,14 @@ use crate::wire::{
     PROTOCOL_VERSION,
 };
 
-/// What the sink said in its greeting.
+/// What the peer said in its greeting. From a sink (`HelloAck`), all of it; from a download's
+/// source ([`crate::get::request`]), its version and, in `root`, the path it sends (no
+/// token, nothing dirty).
 #[derive(Debug, Clone)]
 pub struct Ack {
-    /// The sink's program version.
+    /// The peer's program version.
     pub version: String,
-    /// The sink's root, absolute.
+    /// The sink's root, absolute (or the path a download's source sends, resolved).
     pub root: String,
     /// Token of the tree as of the sink's last commit.
     pub token: Option<Hash>,
@@ -47,6 +51,11 @@ pub fn handshake<R: Read, W: Write>(
         chunker: Chunker::default().id(),
     })?;
     w.flush()?;
+    read_ack(r, expected_version)
+}
+
+/// Read the sink's answer to `Hello` and check its versions.
+pub(crate) fn read_ack<R: Read>(r: &mut FrameReader<R>, expected_version: &str) -> Result<Ack> {
     match r.msg::<FromSink>()? {
         FromSink::HelloAck {
             protocol,
@@ -87,17 +96,7 @@ pub struct SourceConfig<'a> {
     pub dry_run: bool,
 }
 
-/// One line of a sync plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// A new path.
-    Add(String),
-    /// A path whose content changed.
-    Update(String),
-    /// Only metadata (mode, mtime) changed.
-    Touch(String),
-    Delete(String),
-}
+pub use crate::wire::Change;
 
 /// What a sync did.
 #[derive(Debug, Default, Clone)]
@@ -159,6 +158,77 @@ pub fn sync<R: Read, W: Write>(
     if !cfg.dry_run && (tree.files_hashed > 0 || old_index.is_none()) {
         index::save(&cfg.index_path, &new_index)?;
     }
+    let scanned = Scanned {
+        tree,
+        origin: Origin {
+            path: cfg.root.to_path_buf(),
+            nest: None,
+        },
+    };
+    let job = Push {
+        scanned: &scanned,
+        excluded: &|p, is_dir| cfg.filter.excluded(p, is_dir),
+        state_path: &cfg.state_path,
+        dry_run: cfg.dry_run,
+    };
+    push(r, w, ack, &job, progress)
+}
+
+/// Where the files of a scanned tree are on disk.
+#[derive(Debug, Clone)]
+pub(crate) struct Origin {
+    /// The scanned directory, or the one scanned file.
+    pub path: PathBuf,
+    /// The tree's paths are the scan's nested under this name ([`scan::Tree::nest`]), or the
+    /// scanned file's one entry is named so.
+    pub nest: Option<String>,
+}
+
+impl Origin {
+    /// The file that tree path `p` names.
+    fn file(&self, p: &str) -> PathBuf {
+        match &self.nest {
+            None => self.path.join(p),
+            Some(n) if p == n => self.path.clone(),
+            Some(n) => self.path.join(&p[n.len() + 1..]),
+        }
+    }
+}
+
+/// A tree ready to send: its entries and chunks, and where to read them.
+pub(crate) struct Scanned {
+    pub tree: scan::Tree,
+    pub origin: Origin,
+}
+
+/// What [`push`] sends, and where it keeps what the sink acknowledged.
+pub(crate) struct Push<'a> {
+    pub scanned: &'a Scanned,
+    /// Protects paths the sink holds from deletion (they are forgotten instead).
+    pub excluded: &'a dyn Fn(&str, bool) -> bool,
+    /// The state of this destination (the tree it acknowledged last).
+    pub state_path: &'a Path,
+    /// Compute the plan only.
+    pub dry_run: bool,
+}
+
+/// Bring the sink up to date with a scanned tree: diff it against what the sink holds (the
+/// cached state when its token matches, else the sink's listing), send the changes in
+/// batches with the chunks the sink asks for, commit, and save the state.
+pub(crate) fn push<R: Read, W: Write>(
+    r: &mut FrameReader<R>,
+    w: &mut FrameWriter<W>,
+    ack: &Ack,
+    job: &Push,
+    progress: &dyn Progress,
+) -> Result<Report> {
+    let Push {
+        scanned,
+        excluded,
+        state_path,
+        dry_run,
+    } = *job;
+    let tree = &scanned.tree;
     let mut report = Report {
         entries: tree.entries.len(),
         files_hashed: tree.files_hashed,
@@ -167,13 +237,13 @@ pub fn sync<R: Read, W: Write>(
         ..Report::default()
     };
     let current_token = manifest::token(&tree.entries);
-    let state: Option<SyncState> = index::load(&cfg.state_path);
+    let state: Option<SyncState> = index::load(state_path);
     let cached = state
         .filter(|s| s.protocol == PROTOCOL_VERSION && s.token.is_some() && s.token == ack.token);
     if ack.dirty.is_empty() && ack.token == Some(current_token) {
         report.no_op = true;
-        if cached.is_none() && !cfg.dry_run {
-            save_state(cfg, Some(current_token), &tree.entries)?;
+        if cached.is_none() && !dry_run {
+            save_state(state_path, Some(current_token), &tree.entries)?;
         }
         return Ok(report);
     }
@@ -182,9 +252,7 @@ pub fn sync<R: Read, W: Write>(
         None => list_index(r, w)?,
     };
     let force: HashSet<String> = ack.dirty.iter().cloned().collect();
-    let d = diff(&base, &tree.entries, &force, |p, is_dir| {
-        cfg.filter.excluded(p, is_dir)
-    });
+    let d = diff(&base, &tree.entries, &force, excluded);
     for (p, content) in &d.upserts {
         report.plan.push(match (base.contains_key(p), content) {
             (false, _) => Change::Add(p.clone()),
@@ -195,7 +263,7 @@ pub fn sync<R: Read, W: Write>(
     report
         .plan
         .extend(d.deletes.iter().map(|p| Change::Delete(p.clone())));
-    if cfg.dry_run {
+    if dry_run {
         return Ok(report);
     }
 
@@ -291,7 +359,7 @@ pub fn sync<R: Read, W: Write>(
             };
             send_chunks(
                 w,
-                cfg.root,
+                &scanned.origin,
                 &tree.entries,
                 &hashes,
                 &locs,
@@ -312,10 +380,10 @@ pub fn sync<R: Read, W: Write>(
         FromSink::Committed { token, stats } => {
             report.sink = stats;
             if token == current_token {
-                save_state(cfg, Some(token), &tree.entries)?;
+                save_state(state_path, Some(token), &tree.entries)?;
             } else {
-                log::warn!("the remote tree differs from the local one after the sync; the next sync compares them in full");
-                save_state(cfg, None, &tree.entries)?;
+                log::warn!("the receiving tree differs from the sent one after the sync; the next sync compares them in full");
+                save_state(state_path, None, &tree.entries)?;
             }
         }
         m => return Err(Error::Protocol(format!("expected Committed, got {m:?}"))),
@@ -323,9 +391,9 @@ pub fn sync<R: Read, W: Write>(
     Ok(report)
 }
 
-fn save_state(cfg: &SourceConfig, token: Option<Hash>, entries: &Manifest) -> Result<()> {
+fn save_state(state_path: &Path, token: Option<Hash>, entries: &Manifest) -> Result<()> {
     index::save(
-        &cfg.state_path,
+        state_path,
         &SyncState {
             protocol: PROTOCOL_VERSION,
             token,
@@ -370,7 +438,7 @@ struct Prepared {
 #[allow(clippy::too_many_arguments)]
 fn send_chunks<W: Write>(
     w: &mut FrameWriter<W>,
-    root: &Path,
+    origin: &Origin,
     entries: &Manifest,
     hashes: &[Hash],
     locs: &HashMap<Hash, (String, u64, u32)>,
@@ -389,7 +457,7 @@ fn send_chunks<W: Write>(
     std::thread::scope(|s| {
         s.spawn(move || {
             for window in hashes.chunks(WINDOW) {
-                let prepared = prepare_window(root, entries, window, locs);
+                let prepared = prepare_window(origin, entries, window, locs);
                 let failed = prepared.is_err();
                 if tx.send(prepared).is_err() || failed {
                     return;
@@ -414,13 +482,13 @@ fn send_chunks<W: Write>(
 /// after reading (size and mtime), so a file changed mid-sync is reported, not sent torn; the
 /// sink verifies every chunk's hash besides.
 fn prepare_window(
-    root: &Path,
+    origin: &Origin,
     entries: &Manifest,
     window: &[Hash],
     locs: &HashMap<Hash, (String, u64, u32)>,
 ) -> Result<Vec<Prepared>> {
     let unchanged = |p: &str, f: &std::fs::File| -> Result<()> {
-        let abs = root.join(p);
+        let abs = origin.file(p);
         let m = f.metadata().ctx("stat", &abs)?;
         let st = scan::stat_of(&m);
         match entries.get(p) {
@@ -436,7 +504,7 @@ fn prepare_window(
     for h in window {
         let (p, _, _) = &locs[h];
         if !files.contains_key(p.as_str()) {
-            let abs = root.join(p);
+            let abs = origin.file(p);
             let f = std::fs::File::open(&abs).ctx("open", &abs)?;
             unchanged(p, &f)?;
             files.insert(p, f);
@@ -449,7 +517,7 @@ fn prepare_window(
             let mut raw = vec![0u8; *len as usize];
             files[p.as_str()]
                 .read_exact_at(&mut raw, *off)
-                .map_err(|_| Error::Changed(root.join(p)))?;
+                .map_err(|_| Error::Changed(origin.file(p)))?;
             Ok(match compress::compress(&raw) {
                 Some(c) => Prepared {
                     hash: *h,

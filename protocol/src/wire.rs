@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol and of the persisted formats. Both peers must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Written by the agent on stdout before any frame, so the client can skip shell noise that a
 /// login script printed before the agent started.
@@ -65,6 +65,8 @@ pub enum Op {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ToSink {
     /// First message. `root` is the sink's root directory (remote_dir); `~/` is expanded there.
+    /// From a download's source it is the path being sent, for messages: mtr's sink writes
+    /// where mtr decided, never where the peer says.
     Hello {
         protocol: u32,
         version: String,
@@ -79,8 +81,43 @@ pub enum ToSink {
     DataEnd,
     /// Make the sync durable and report the new tree token.
     Commit,
+    /// The changes a dry run would make, instead of `Ops` (a download's source tells its
+    /// sink, which prints them).
+    Plan { changes: Vec<Change> },
+    /// Paths the source left out (special files, names that are not UTF-8), for the user.
+    Warnings { messages: Vec<String> },
+    /// A fatal error on the source's side; the session ends after it.
+    Error { message: String },
     /// End of session.
     Bye,
+}
+
+/// One line of a sync plan.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A new path.
+    Add(String),
+    /// A path whose content changed.
+    Update(String),
+    /// Only metadata (mode, mtime) changed.
+    Touch(String),
+    Delete(String),
+}
+
+/// mtr → `mtr-agent send`: the first message of a download, which makes the agent the source
+/// of one path. The agent answers with [`ToSink::Hello`] (its own versions, and the path
+/// resolved in `root`), then runs a source session whose sink is mtr.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SendRequest {
+    pub protocol: u32,
+    pub version: String,
+    /// The path to send: absolute, or starting with `~` (expanded on the agent's side).
+    pub path: String,
+    /// The name of the tree's one top-level entry: the file itself, or the directory holding
+    /// the tree (the local destination's file name, so the sink never renames anything).
+    pub name: String,
+    /// Compute the plan and send it as [`ToSink::Plan`]; change nothing.
+    pub dry_run: bool,
 }
 
 /// Sink → source messages.

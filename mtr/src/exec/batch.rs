@@ -358,3 +358,114 @@ impl Handler for Batch<'_> {
         Ok(Flow::Continue)
     }
 }
+
+/// Runs `cmd` on a plain exec channel, for a server where `mtr-agent` cannot run
+/// ([`agent_install::AgentUnavailable`]): stdout and stderr byte for byte, stdin forwarded up
+/// to its EOF, the exit status passed through (128+N when signal N killed the command).
+///
+/// Without the agent nothing can signal the remote command: libssh2 cannot send SSH signal
+/// requests. Ctrl+C (SIGINT, SIGTERM, SIGHUP) only closes the channel, and mtr leaves with
+/// 128+N; the remote command then sees its output pipes close (SIGPIPE at its next write) but
+/// gets no signal, so a quiet one may run on. What the login shell prints on stdout is not told
+/// apart from the command's output either.
+pub fn run_plain(ssh: &Ssh, cmd: &RemoteCommand) -> Result<i32> {
+    let host = ssh.display().to_string();
+    log::debug!(
+        "running the command on {host} without mtr-agent: Ctrl+C can only close the channel, \
+         not signal the remote process group (libssh2 cannot send signals)"
+    );
+    set_user_timeout(ssh);
+    let mut pump = Pump::new(ssh, ssh.exec(&cmd.script())?)?;
+    let outbox = pump.outbox();
+    let signals = Signals::start(outbox.clone()).context("cannot set up signal handling")?;
+    let mut plain = Plain {
+        stdout: Output::spawn(Stream::Stdout, outbox.clone()),
+        stderr: Output::spawn(Stream::Stderr, outbox.clone()),
+        signals: &signals.received,
+        last_signal: 0,
+    };
+    thread::spawn(move || forward_raw_stdin(outbox));
+    let end = pump.run(&mut plain);
+    let result = match end {
+        Ok(End::Eof) => pump
+            .exit_status(CLOSE_TIMEOUT)
+            .with_context(|| format!("lost the command's exit status from {host}")),
+        Ok(End::Stopped) => {
+            pump.abandon();
+            Ok(128 + plain.last_signal)
+        }
+        Err(e) => {
+            pump.abandon();
+            Err(e.context(format!(
+                "the connection to {host} broke while the command ran"
+            )))
+        }
+    };
+    plain.stdout.finish();
+    plain.stderr.finish();
+    drop(plain);
+    signals.stop();
+    result
+}
+
+/// Reads the local stdin to its end onto the channel, then sends EOF.
+fn forward_raw_stdin(outbox: Outbox) {
+    let mut stdin = io::stdin().lock();
+    let mut buf = vec![0u8; 32 << 10];
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if !outbox.send(buf[..n].to_vec()) {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::debug!("reading stdin: {e}; treating it as its end");
+                break;
+            }
+        }
+    }
+    outbox.send_eof();
+}
+
+/// A plain run's side of the pump.
+struct Plain<'a> {
+    stdout: Output,
+    stderr: Output,
+    signals: &'a Receiver<i32>,
+    /// The signal that ended the run (SIGPIPE when the local stdout closed).
+    last_signal: i32,
+}
+
+impl Handler for Plain<'_> {
+    fn accepts(&mut self, stream: Stream) -> bool {
+        match stream {
+            Stream::Stdout => self.stdout.has_room(),
+            Stream::Stderr => self.stderr.has_room(),
+        }
+    }
+
+    fn output(&mut self, stream: Stream, data: &[u8]) -> Result<()> {
+        match stream {
+            Stream::Stdout => self.stdout.write(data.to_vec()),
+            Stream::Stderr => self.stderr.write(data.to_vec()),
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, _outbox: &Outbox) -> Result<Flow> {
+        if let Ok(sig) = self.signals.try_recv() {
+            // All mtr can do without the agent: close the channel (see `run_plain`).
+            log::debug!("signal {sig}: closing the channel; the remote command gets no signal");
+            self.last_signal = sig;
+            return Ok(Flow::Stop);
+        }
+        if self.stdout.broken.load(Ordering::SeqCst) {
+            self.last_signal = libc::SIGPIPE;
+            return Ok(Flow::Stop);
+        }
+        Ok(Flow::Continue)
+    }
+}
