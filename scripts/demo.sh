@@ -2,7 +2,8 @@
 # The demo command: on a Debian/Ubuntu machine as root, installs what is missing (setup.sh),
 # builds mtr, starts a throwaway sshd on 127.0.0.1 for a throwaway user (the same recipe as
 # testkit/src/sshd.rs), and syncs a copy of examples/demo to it: first sync, no-op sync, sync
-# after an edit; then runs commands there (`mtr python3 train.py --epochs 3`). mtr runs with HOME set to a temp dir, so your ~/.ssh is never touched.
+# after an edit; then runs commands there (`mtr python3 train.py --epochs 3`) and downloads
+# what a job wrote (`mtr --get outputs`). mtr runs with HOME set to a temp dir, so your ~/.ssh is never touched.
 # Everything it creates (user, sshd, files) is removed on exit.
 #
 #   scripts/demo.sh            MTR=/path/to/mtr scripts/demo.sh  (use a prebuilt binary)
@@ -130,5 +131,10 @@ status=$?
 set -e
 echo "mtr exited with $status (the remote command's exit code)" >&2
 [ "$status" -eq 42 ] || { echo "demo: expected exit code 42" >&2; exit 1; }
+
+step "5. the job writes results there; --get brings them back (a delta sync the other way)"
+mtr --no-sync python3 -c 'import os; os.makedirs("outputs", exist_ok=True); open("outputs/metrics.txt", "w").write("loss 0.4463\n")'
+mtr --no-sync --get outputs --to "$TMP/downloads/"
+cat "$TMP/downloads/outputs/metrics.txt"
 
 step "done: cleaning up"
