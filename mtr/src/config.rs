@@ -723,7 +723,10 @@ fn parse_file(path: &Path, text: &str) -> Result<RawFile, ConfigError> {
     // A first pass over the whole document, so a syntax error anywhere is reported as such
     // (the typed pass stops at the first problem it meets).
     let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
-        let (line, message) = split_location(&e);
+        let (mut line, message) = split_location(&e);
+        if line.is_none() {
+            line = second_document_line(text);
+        }
         ConfigError::Syntax {
             path: path.to_path_buf(),
             line,
@@ -769,6 +772,22 @@ fn has_merge_key(value: &serde_yaml::Value) -> bool {
 
 /// The error's 1-based line and its message without serde_yaml's trailing
 /// " at line L column C".
+/// Where a second YAML document starts (serde_yaml reports "more than one document" without a
+/// location): the line after the longest prefix of whole lines that is one document. Config
+/// files are small; past 2,000 lines this gives up.
+fn second_document_line(text: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.split_inclusive('\n').take(2_000).collect();
+    let mut end = 0;
+    let mut prefix_len = 0;
+    for (i, l) in lines.iter().enumerate() {
+        prefix_len += l.len();
+        if serde_yaml::from_str::<serde_yaml::Value>(&text[..prefix_len]).is_ok() {
+            end = i + 1;
+        }
+    }
+    (end < lines.len()).then_some(end + 1)
+}
+
 fn split_location(e: &serde_yaml::Error) -> (Option<usize>, String) {
     let text = e.to_string();
     let Some(loc) = e.location() else {
@@ -1200,6 +1219,19 @@ mod tests {
     }
 
     const MINIMAL: &str = "servers:\n  gpu:\n    host: gpu.example\n    remote_dir: ~/proj\n";
+
+    #[test]
+    fn a_second_document_is_a_syntax_error_with_its_line() {
+        // Found by the property test below: serde_yaml gives this error no location.
+        for (text, line) in [("  servers: \nservers: ", 2), ("''0", 1)] {
+            match parse(text) {
+                Err(ConfigError::Syntax { line: got, .. }) => {
+                    assert_eq!(got, Some(line), "{text:?}")
+                }
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn minimal_config_gets_the_documented_defaults() {
@@ -1789,6 +1821,139 @@ mod tests {
                 EXAMPLE.contains(&format!("{key}:")),
                 "examples/config.yaml lacks `{key}`"
             );
+        }
+    }
+}
+
+/// Property tests of the loader: any text, whether near-valid YAML built from the real keys or
+/// arbitrary characters, yields settings or an error naming the file (with a line for syntax
+/// errors and for bad keys or values); never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEYS: &[&str] = &[
+        "servers",
+        "defaults",
+        "default",
+        "host",
+        "port",
+        "user",
+        "key_filename",
+        "password",
+        "remote_dir",
+        "pre_cmd",
+        "exclude",
+        "respect_gitignore",
+        "sync",
+        "download_dir",
+        "strict_host_key_checking",
+        "connect_timeout",
+        "gpu",
+        "dev",
+        "unknown_key",
+        "",
+    ];
+    const VALUES: &[&str] = &[
+        "",
+        "gpu",
+        "~/proj",
+        "/abs",
+        "22",
+        "-1",
+        "70000",
+        "0x16",
+        "1e3",
+        "yes",
+        "no",
+        "true",
+        "null",
+        "~",
+        "[]",
+        "[a, b]",
+        "{}",
+        "{a: 1}",
+        "\"quoted\"",
+        "'single'",
+        "|",
+        ">",
+        "*ref",
+        "&anchor x",
+        "!!binary aGk=",
+        "agent",
+        "rsync",
+        "sftp",
+        "accept-new",
+        "\"\\u0000\"",
+        "\u{1F600}",
+        "\t",
+        "- item",
+        ": :",
+        "#comment",
+        "%YAML 1.2",
+        "---",
+        "...",
+    ];
+
+    fn line() -> impl Strategy<Value = String> {
+        (
+            0usize..4,
+            prop::sample::select(KEYS),
+            prop::sample::select(VALUES),
+            any::<bool>(),
+        )
+            .prop_map(|(depth, key, value, list)| {
+                let indent = "  ".repeat(depth);
+                let dash = if list { "- " } else { "" };
+                format!("{indent}{dash}{key}: {value}")
+            })
+    }
+
+    fn near_yaml() -> impl Strategy<Value = String> {
+        prop::collection::vec(line(), 0..24).prop_map(|lines| lines.join("\n"))
+    }
+
+    fn check(text: &str) {
+        match parse_file(Path::new("/p/.mtr/config.yaml"), text) {
+            Ok(_) => {}
+            Err(ConfigError::Syntax { path, line, .. }) => {
+                assert_eq!(path, Path::new("/p/.mtr/config.yaml"));
+                assert!(line.is_some(), "a syntax error without a line for {text:?}");
+            }
+            Err(e @ ConfigError::Invalid { .. }) => {
+                assert!(e.to_string().contains("/p/.mtr/config.yaml"), "{e}");
+            }
+            Err(e) => panic!("unexpected error kind for {text:?}: {e:?}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn near_valid_yaml_never_panics(text in near_yaml()) {
+            check(&text);
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in any::<String>()) {
+            check(&text);
+        }
+
+        /// Through the whole loader too (discovery, merge with a user file, validation).
+        #[test]
+        fn loading_never_panics(project in near_yaml(), user in near_yaml()) {
+            let tmp = tempfile::tempdir().unwrap();
+            let proj = tmp.path().join("proj");
+            let home = tmp.path().join("home");
+            std::fs::create_dir_all(proj.join(".mtr")).unwrap();
+            std::fs::create_dir_all(home.join(".config/mtr")).unwrap();
+            std::fs::write(proj.join(PROJECT_CONFIG), &project).unwrap();
+            std::fs::write(user_config_path(&home), &user).unwrap();
+            let env = Env { cwd: proj, home: Some(home), local_user: Some("alice".into()) };
+            let _ = load(&env, None);
+            let _ = load(&env, Some("gpu"));
         }
     }
 }
