@@ -1,59 +1,85 @@
 //! End-to-end: `mtr --sync-only` with each of its engines (`agent`, the default; `rsync`;
-//! `sftp`) against plain `rsync -az --delete`, over a real sshd on loopback, on a generated
-//! project (~10,000 source and object files, ~300 MB, plus 1 GiB of fp16 weights), through
-//! scenarios that each tool syncs to its own remote copy, interleaved. Two download scenarios
-//! close the run: `--get` of the 1 GiB weights file from each tool's remote copy, then again
-//! after 10% of every remote copy changed, against `rsync -az` pulling the same file.
+//! `sftp`) against plain `rsync -az --delete` and, when installed, the reference Python tool
+//! (`mtr-cli`), over a real sshd in a network namespace behind a `tbf`-shaped veth link (1 Gbit/s
+//! by default), on a generated project (~10,000 source and object files, ~300 MB, plus a 2 GB
+//! safetensors-style fp16 checkpoint), through scenarios that each tool syncs to its own remote
+//! copy, interleaved. `mtr-true` runs a no-op sync and `true` end to end. Two download scenarios
+//! close the run: `--get` of the checkpoint from each tool's remote copy, then again after 10%
+//! of every remote copy changed, against `rsync -az` pulling the same file.
 //!
 //! ```text
 //! sudo cargo bench --bench e2e                          # full size: takes many minutes
 //! sudo MTR_BENCH_SCALE=0.05 cargo bench --bench e2e     # quick: 5% of every count and size
+//! sudo MTR_REFERENCE=/tmp/refvenv/bin/mtr cargo bench --bench e2e   # with the reference rows
 //! ```
 //!
-//! Needs root (testkit starts sshd for a throwaway account) and `rsync`. Settings, from the
-//! environment:
+//! Needs root (testkit starts sshd for a throwaway account; the link needs `ip` and `tc`) and
+//! `rsync`. Settings, from the environment:
 //! - `MTR_BENCH_SCALE` (1.0): multiplies every file count and size.
 //! - `MTR_BENCH_REPS` (3): repetitions of each scenario but the first sync; medians reported.
-//! - `MTR_BENCH_TOOLS` (`mtr,mtr-rsync,mtr-sftp,rsync`): which tools to run (`mtr` is the
-//!   agent engine, `mtr-rsync` and `mtr-sftp` are mtr with `sync: rsync` / `sync: sftp`).
+//! - `MTR_BENCH_RATE` (`1gbit`): the link's `tbf` rate (`100mbit`, any `tc` rate, or `unlimited`
+//!   for an unshaped veth).
+//! - `MTR_BENCH_NET` (`netns`): `loopback` runs sshd on loopback in a private namespace, unshaped
+//!   (also the fallback, announced loudly, when the namespace cannot be made); `shared` on the
+//!   host's loopback (`MTR_BENCH_SHARED_NET=1` means the same).
+//! - `MTR_REFERENCE`: the reference tool's `mtr` (`python3 -m venv /tmp/refvenv &&
+//!   /tmp/refvenv/bin/pip install mtr-cli==2.0.0`); without it the reference rows are skipped,
+//!   with a note.
+//! - `MTR_BENCH_TOOLS` (`mtr,mtr-rsync,mtr-sftp,rsync,reference`): which tools to run (`mtr` is
+//!   the agent engine, `mtr-rsync` and `mtr-sftp` are mtr with `sync: rsync` / `sync: sftp`).
 //! - `MTR_BENCH_SCENARIOS` (all): comma-separated names to run (the first sync always runs).
 //! - `MTR_BENCH_MTR`: an `mtr` binary to use (absolute, or relative to the workspace);
 //!   otherwise the bench runs `cargo build --release -p mtr` first and uses a copy of
 //!   `target/release/mtr` (a rebuild during the run changes nothing).
-//! - `MTR_BENCH_SHARED_NET=1`: stay in the host's network namespace (see below).
 //! - `MTR_BENCH_KEEP=1`: keep the local project and every run's stdout/stderr (the path is
 //!   printed); the remote copies go with the sshd account either way.
 //!
-//! What is measured, per run: wall time; bytes on the wire, as the growth of `lo`'s rx counter
-//! (loopback counts each byte once in rx), in a private network namespace made for the bench
-//! so that nothing else's loopback traffic is counted; the local tool's peak RSS and CPU
-//! (`wait4`, which for rsync covers its `ssh` child too); and the remote account's processes
-//! (sshd session, `mtr-agent` or the rsync server), polled in `/proc` every 10 ms, as peak RSS
-//! per process name and CPU seconds. Each scenario changes the local tree once per repetition,
-//! waits 2.5 s (see [`SETTLE`]), then runs both tools, alternating which goes first. Every mtr
-//! run is checked by comparing the remote tree with the local one (rsync's after each
-//! scenario's last repetition); a mismatch is reported loudly and makes the bench exit with
+//! The link (see `mtr_benches::net` for the exact commands): the bench stays in its network
+//! namespace, sshd runs in a new one reached over a veth pair, with `tbf rate R burst 256kb
+//! latency 100ms` on both ends. Its achieved rate is measured at the start (plain TCP, and
+//! `ssh host head -c N /dev/zero`) and printed with the table.
+//!
+//! What is measured, per run: wall time; bytes on the wire, both directions, from the veth's
+//! counters (on loopback: `lo`'s rx); the local tool's peak RSS and CPU (`wait4`, which for
+//! rsync covers its `ssh` child too, and for the reference its rsync and ssh); and the remote
+//! account's processes (sshd session, `mtr-agent` or the rsync server), polled in `/proc` every
+//! 10 ms, as peak RSS per process name and CPU seconds. Each scenario changes the local tree once
+//! per repetition, waits 2.5 s (see [`SETTLE`]), then runs every tool, alternating the order.
+//! Every mtr run is checked by comparing the remote tree with the local one (the others' after
+//! each scenario's last repetition); a mismatch is reported loudly and makes the bench exit with
 //! status 1, as does any failed run (the table and JSON are written first).
+//!
+//! The reference tool has no sync-only mode: its sync rows run `reference true` (its rsync,
+//! then `ssh host 'cd DIR && true'`), and its `--get` rows `reference --no-sync --get`. It syncs
+//! with `rsync -av` (no compression, no `--delete`): after the rename its remote copy keeps the
+//! directory's old name too, which its check ignores. It runs the OpenSSH client, which reads
+//! the passwd user's `known_hosts`; an `ssh` wrapper first on its `PATH` adds `-F /dev/null`
+//! and this run's `known_hosts` (the options plain rsync's `-e ssh` gets too).
 //!
 //! Note that rsync ≥ 3.2 negotiates its `-z` codec: between two rsync 3.2+ it is zstd.
 //!
 //! The big mutations are repeated without a reset, each repetition the same kind and size of
 //! change: the rename toggles the directory's name back and forth, the overwrite writes new
-//! seeded data over 50 new regions, and the head insertion adds another 100 bytes in front.
+//! seeded values over 10% of the checkpoint's tensor data (whole tensors and row ranges in
+//! others, picked anew), and the header insertion adds another 100-byte metadata entry at the
+//! front of the checkpoint's JSON header, which moves every tensor by 100 bytes.
 //!
 //! Prints a table and writes every run and the medians to `target/bench-e2e.json`
-//! (overwritten by each run, whatever its settings: `scale` and `reps` are recorded in it).
+//! (overwritten by each run, whatever its settings: they are recorded in it).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use mtr_benches::probe::{self, median, ProcStats, Watch};
-use mtr_benches::project::{overwrite_fp16, Layout, Project};
+use mtr_benches::checkpoint;
+use mtr_benches::net::{Net, NetOptions, Rates};
+use mtr_benches::probe::{median, ProcStats};
+use mtr_benches::project::{Layout, Project};
+use mtr_benches::run::{self, load_average};
 use serde_json::json;
 use testkit::gen::tree_equal;
 use testkit::sshd::{LocalHome, Server};
@@ -73,7 +99,8 @@ struct Options {
     tools: Vec<Tool>,
     scenarios: Option<Vec<String>>,
     mtr: Option<PathBuf>,
-    shared_net: bool,
+    reference: Option<PathBuf>,
+    net: NetOptions,
     keep: bool,
 }
 
@@ -86,21 +113,50 @@ impl Options {
                     .unwrap_or_else(|_| panic!("{k}={v:?}: expected a number"))
             })
         };
-        let tools = var("MTR_BENCH_TOOLS").map_or(Tool::ALL.to_vec(), |v| {
-            v.split(',')
-                .map(|t| {
-                    Tool::ALL
-                        .into_iter()
-                        .find(|tool| tool.name() == t.trim())
-                        .unwrap_or_else(|| {
-                            panic!(
-                                "MTR_BENCH_TOOLS: unknown tool {t:?}; known: {}",
-                                Tool::ALL.map(Tool::name).join(", ")
-                            )
-                        })
-                })
-                .collect()
+        let reference = var("MTR_REFERENCE").map(|v| {
+            let path = run::workspace().join(v);
+            assert!(
+                path.is_file(),
+                "MTR_REFERENCE: no such file: {} (install it: python3 -m venv /tmp/refvenv && \
+                 /tmp/refvenv/bin/pip install mtr-cli==2.0.0)",
+                path.display()
+            );
+            path
         });
+        let tools = match var("MTR_BENCH_TOOLS") {
+            None => {
+                let mut tools = Tool::ALL.to_vec();
+                if reference.is_none() {
+                    eprintln!(
+                        "note: MTR_REFERENCE is not set: the reference tool's rows are skipped \
+                         (MTR_REFERENCE=/path/to/venv/bin/mtr, with mtr-cli==2.0.0 installed)"
+                    );
+                    tools.retain(|t| *t != Tool::Reference);
+                }
+                tools
+            }
+            Some(v) => {
+                let tools: Vec<Tool> = v
+                    .split(',')
+                    .map(|t| {
+                        Tool::ALL
+                            .into_iter()
+                            .find(|tool| tool.name() == t.trim())
+                            .unwrap_or_else(|| {
+                                panic!(
+                                    "MTR_BENCH_TOOLS: unknown tool {t:?}; known: {}",
+                                    Tool::ALL.map(Tool::name).join(", ")
+                                )
+                            })
+                    })
+                    .collect();
+                assert!(
+                    reference.is_some() || !tools.contains(&Tool::Reference),
+                    "MTR_BENCH_TOOLS names the reference tool but MTR_REFERENCE is not set"
+                );
+                tools
+            }
+        };
         let scenarios = var("MTR_BENCH_SCENARIOS").map(|v| {
             let names: Vec<String> = v.split(',').map(|s| s.trim().to_owned()).collect();
             for n in &names {
@@ -118,13 +174,12 @@ impl Options {
             tools,
             scenarios,
             mtr: var("MTR_BENCH_MTR").map(PathBuf::from),
-            shared_net: var("MTR_BENCH_SHARED_NET").is_some_and(|v| v != "0"),
+            reference,
+            net: NetOptions::from_env(),
             keep: var("MTR_BENCH_KEEP").is_some_and(|v| v != "0"),
         }
     }
-}
 
-impl Options {
     /// Whether `scenario` runs: the first sync always does, the others unless filtered out.
     fn wants(&self, scenario: Scenario) -> bool {
         match &self.scenarios {
@@ -145,10 +200,18 @@ enum Tool {
     MtrSftp,
     /// Plain `rsync -az --delete` (the baseline).
     Rsync,
+    /// The reference Python tool (`mtr-cli`, `MTR_REFERENCE`).
+    Reference,
 }
 
 impl Tool {
-    const ALL: [Tool; 4] = [Tool::Mtr, Tool::MtrRsync, Tool::MtrSftp, Tool::Rsync];
+    const ALL: [Tool; 5] = [
+        Tool::Mtr,
+        Tool::MtrRsync,
+        Tool::MtrSftp,
+        Tool::Rsync,
+        Tool::Reference,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -156,15 +219,17 @@ impl Tool {
             Tool::MtrRsync => "mtr-rsync",
             Tool::MtrSftp => "mtr-sftp",
             Tool::Rsync => "rsync",
+            Tool::Reference => "reference",
         }
     }
 
-    /// The server entry in the project's config that selects this engine.
+    /// The server entry in the project's config that this tool uses.
     fn server(self) -> &'static str {
         match self {
             Tool::Mtr => "agent",
             Tool::MtrRsync => "rsync",
             Tool::MtrSftp => "sftp",
+            Tool::Reference => "reference",
             Tool::Rsync => unreachable!("plain rsync has no mtr config"),
         }
     }
@@ -173,7 +238,7 @@ impl Tool {
     fn remote_process(self, name: &str) -> bool {
         match self {
             Tool::Mtr => name.starts_with("mtr-agent"),
-            Tool::MtrRsync | Tool::Rsync => name.starts_with("rsync"),
+            Tool::MtrRsync | Tool::Rsync | Tool::Reference => name.starts_with("rsync"),
             // internal-sftp runs inside the sshd session process.
             Tool::MtrSftp => name.starts_with("sshd") || name.starts_with("sftp"),
         }
@@ -184,6 +249,7 @@ impl Tool {
 enum Scenario {
     FirstSync,
     NoOp,
+    MtrTrue,
     EditOne,
     TouchAll,
     RenameDir,
@@ -194,9 +260,10 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 9] = [
+    const ALL: [Scenario; 10] = [
         Scenario::FirstSync,
         Scenario::NoOp,
+        Scenario::MtrTrue,
         Scenario::EditOne,
         Scenario::TouchAll,
         Scenario::RenameDir,
@@ -210,6 +277,7 @@ impl Scenario {
         match self {
             Scenario::FirstSync => "first-sync",
             Scenario::NoOp => "no-op",
+            Scenario::MtrTrue => "mtr-true",
             Scenario::EditOne => "edit-1-file",
             Scenario::TouchAll => "touch-all",
             Scenario::RenameDir => "rename-dir",
@@ -218,6 +286,10 @@ impl Scenario {
             Scenario::GetFirst => "get-first",
             Scenario::GetOverwrite => "get-after-10%",
         }
+    }
+
+    fn is_get(self) -> bool {
+        matches!(self, Scenario::GetFirst | Scenario::GetOverwrite)
     }
 }
 
@@ -260,30 +332,53 @@ impl Run {
 
 struct Bench {
     opts: Options,
+    // Drop order: the server (sshd and its sessions) before the link it sits behind.
     server: Server,
+    net: Net,
+    rates: Rates,
     uid: u32,
     project: Project,
-    /// `HOME` of the mtr process: its known_hosts and cache.
+    /// `HOME` of the mtr and reference processes: mtr's known_hosts and cache.
     mtr_home: LocalHome,
+    /// Held for its files: a home that trusts the server, whose known_hosts rsync's `ssh` and
+    /// the reference's `ssh` wrapper read.
+    _ssh_home: LocalHome,
     mtr: Result<PathBuf, String>,
+    /// `ssh ...` for rsync's `-e`.
     rsync_ssh: String,
+    /// `PATH` for the reference tool: the `ssh` wrapper first.
+    reference_path: String,
     /// Each tool's remote copy of the project.
     dests: Vec<(Tool, PathBuf)>,
     /// Where each tool's `--get` downloads go: `<work>/get/<tool>/`.
     downloads: PathBuf,
     logs: PathBuf,
     runs: Vec<Run>,
+    load_start: String,
+    /// The workspace's revision when the run started (see [`run::source_revision`]).
+    revision: String,
 }
 
 fn main() -> ExitCode {
+    if !run::wanted("e2e") {
+        return ExitCode::SUCCESS;
+    }
     let opts = Options::from_env();
-    // Before anything else: the build may need the network, and unshare wants one thread.
-    let mtr = if opts.tools.contains(&Tool::Mtr) {
-        mtr_binary(&opts)
+    let load_start = load_average();
+    let revision = run::source_revision();
+    // Before anything else: the build may need the network, and the loopback fallback moves
+    // this thread (only) into a new namespace, so it comes before any thread starts.
+    let mtr = if opts
+        .tools
+        .iter()
+        .any(|t| matches!(t, Tool::Mtr | Tool::MtrRsync | Tool::MtrSftp))
+    {
+        run::mtr_binary(opts.mtr.as_deref())
     } else {
         Err("not run (MTR_BENCH_TOOLS)".into())
     };
-    let isolated = !opts.shared_net && isolate_network();
+    let net = Net::setup(&opts.net);
+    eprintln!("link: {}", net.describe());
 
     let work = tempfile::Builder::new()
         .prefix("mtr-bench-")
@@ -291,20 +386,24 @@ fn main() -> ExitCode {
         .expect("temp dir");
     let layout = Layout::scaled(opts.scale);
     eprintln!(
-        "generating {} files, {:.0} MB ({:.0} MB of fp16 weights) in {}",
+        "generating {} files, {:.0} MB ({:.0} MB of fp16 checkpoint, {} layers) in {}",
         layout.files(),
         layout.bytes() as f64 / MB,
-        layout.weights_bytes as f64 / MB,
+        layout.weights_bytes() as f64 / MB,
+        layout.model.layers,
         work.path().display()
     );
     let t = Instant::now();
     let project = Project::generate(&work.path().join("project"), layout).expect("generate");
     eprintln!("generated in {:.1} s", t.elapsed().as_secs_f64());
 
-    let server = Server::start();
+    let server = net.server().start();
     let uid = fs::metadata(server.home()).expect("remote home").uid();
     let mtr_home = LocalHome::new();
     mtr_home.add_key(&server);
+    let ssh_home = LocalHome::for_server(&server);
+    let rates = Rates::measure(&net, ssh_home.ssh(&server));
+    eprintln!("link {}", rates.describe());
     let dests: Vec<(Tool, PathBuf)> = Tool::ALL
         .into_iter()
         .map(|t| (t, server.mkdir_remote(t.name())))
@@ -313,11 +412,12 @@ fn main() -> ExitCode {
     let downloads = work.path().join("get");
     let rsync_ssh = format!(
         "ssh -F /dev/null -p {} -i {} -o UserKnownHostsFile={} \
-         -o StrictHostKeyChecking=accept-new -o BatchMode=yes -o IdentitiesOnly=yes",
+         -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes",
         server.port(),
         server.client_key().display(),
-        work.path().join("rsync_known_hosts").display()
+        ssh_home.known_hosts().display()
     );
+    let reference_path = ssh_wrapper(&work.path().join("bin"), &ssh_home);
     let logs = work.path().join("logs");
     fs::create_dir(&logs).unwrap();
     // A copy, so that a rebuild of target/release/mtr during the run changes nothing.
@@ -330,15 +430,21 @@ fn main() -> ExitCode {
     let mut bench = Bench {
         opts,
         server,
+        net,
+        rates,
         uid,
         project,
         mtr_home,
+        _ssh_home: ssh_home,
         mtr,
         rsync_ssh,
+        reference_path,
         dests,
         downloads,
         logs,
         runs: Vec::new(),
+        load_start,
+        revision,
     };
     for scenario in Scenario::ALL {
         if bench.opts.wants(scenario) {
@@ -348,14 +454,7 @@ fn main() -> ExitCode {
 
     let table = bench.table();
     println!("\n{table}");
-    let json_path = target_dir().join("bench-e2e.json");
-    fs::create_dir_all(json_path.parent().unwrap()).unwrap();
-    fs::write(
-        &json_path,
-        serde_json::to_string_pretty(&bench.json(isolated)).unwrap(),
-    )
-    .expect("write bench-e2e.json");
-    println!("wrote {}", json_path.display());
+    run::write_json("bench-e2e.json", &bench.json());
 
     if bench.opts.keep {
         println!("kept {} (project/, logs/)", work.keep().display());
@@ -378,6 +477,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes `dir/ssh`, which runs the OpenSSH client with `-F /dev/null` and `home`'s
+/// known_hosts (strict, no prompts); returns a `PATH` with `dir` first.
+fn ssh_wrapper(dir: &Path, home: &LocalHome) -> String {
+    fs::create_dir_all(dir).unwrap();
+    let wrapper = dir.join("ssh");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec /usr/bin/ssh -F /dev/null -oUserKnownHostsFile={} \
+             -oStrictHostKeyChecking=yes -oBatchMode=yes \"$@\"\n",
+            home.known_hosts().display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 impl Bench {
     /// Runs every repetition of `scenario`: change the tree, then each tool, alternating order.
     fn scenario(&mut self, scenario: Scenario) {
@@ -398,7 +519,7 @@ impl Bench {
                 let verify = tool == Tool::Mtr || rep + 1 == reps;
                 let run = self.run(scenario, tool, rep, verify);
                 eprintln!(
-                    "  {:<5} {:>8.2} s {:>10.2} MB  rss {:>6.1}/{:<6} MB  {}",
+                    "  {:<9} {:>8.2} s {:>10.2} MB  rss {:>6.1}/{:<6} MB  {}",
                     tool.name(),
                     run.wall_s,
                     run.wire_bytes as f64 / MB,
@@ -425,6 +546,7 @@ impl Bench {
                 p.layout.bytes() as f64 / MB
             ),
             Scenario::NoOp => "nothing changed".into(),
+            Scenario::MtrTrue => "nothing changed; sync, then run `true` remotely".into(),
             Scenario::EditOne => {
                 p.edit_small_file(rep).expect("edit");
                 format!("inserted a line in {}", p.small_file.display())
@@ -446,18 +568,23 @@ impl Bench {
                 )
             }
             Scenario::Overwrite => {
-                let n = p
-                    .overwrite_weights(0.10, 50, 100 + rep as u64)
+                let done = p
+                    .overwrite_weights(0.10, 100 + rep as u64)
                     .expect("overwrite");
                 format!(
-                    "overwrote 50 regions, {:.1} MB in all, of {}",
-                    n as f64 / MB,
-                    p.weights.display()
+                    "overwrote {:.1} MB of {}: {} whole tensors, row ranges in {} others",
+                    done.bytes as f64 / MB,
+                    p.weights.display(),
+                    done.whole,
+                    done.regions
                 )
             }
             Scenario::HeadInsert => {
                 p.insert_at_head(100, 200 + rep as u64).expect("insert");
-                format!("inserted 100 bytes at the head of {}", p.weights.display())
+                format!(
+                    "inserted 100 bytes in the JSON header of {} (every tensor moves)",
+                    p.weights.display()
+                )
             }
             Scenario::GetFirst => {
                 // Each repetition downloads into an empty directory.
@@ -466,10 +593,14 @@ impl Bench {
             }
             Scenario::GetOverwrite => {
                 let mut bytes = 0;
-                for (_, dest) in &self.dests {
+                for (tool, dest) in &self.dests {
                     let remote = dest.join(&p.weights);
-                    bytes = overwrite_fp16(&remote, 0.10, 50, 300 + rep as u64)
-                        .unwrap_or_else(|e| panic!("overwrite {}: {e}", remote.display()));
+                    if !self.opts.tools.contains(tool) || !remote.exists() {
+                        continue;
+                    }
+                    bytes = checkpoint::overwrite(&remote, 0.10, 300 + rep as u64)
+                        .unwrap_or_else(|e| panic!("overwrite {}: {e}", remote.display()))
+                        .bytes;
                 }
                 format!(
                     "overwrote {:.1} MB of every remote copy of {}, then download it again",
@@ -484,29 +615,36 @@ impl Bench {
         &self.dests.iter().find(|(t, _)| *t == tool).unwrap().1
     }
 
-    fn run(&self, scenario: Scenario, tool: Tool, rep: usize, verify: bool) -> Run {
-        let log = self
-            .logs
-            .join(format!("{}-{}-{rep}", scenario.name(), tool.name()));
-        let get = matches!(scenario, Scenario::GetFirst | Scenario::GetOverwrite);
+    /// The command that runs `scenario` for `tool`.
+    fn command(
+        &self,
+        scenario: Scenario,
+        tool: Tool,
+        download_dir: &Path,
+    ) -> Result<Command, String> {
+        let get = scenario.is_get();
         let weights = &self.project.weights;
-        let dest = self.dest(tool);
-        let download_dir = self.downloads.join(tool.name());
-        if get {
-            fs::create_dir_all(&download_dir).unwrap();
-        }
+        let get_to = download_dir.join(weights.file_name().unwrap());
+        let remote = |path: &Path| {
+            format!(
+                "{}@{}:{}",
+                self.server.user(),
+                self.server.host(),
+                path.display()
+            )
+        };
         let cmd = match tool {
             Tool::Mtr | Tool::MtrRsync | Tool::MtrSftp => {
-                let Ok(bin) = &self.mtr else {
-                    return failed(scenario, tool, rep, self.mtr.clone().unwrap_err());
-                };
+                let bin = self.mtr.as_ref().map_err(Clone::clone)?;
                 let mut cmd = Command::new(bin);
                 cmd.args(["--no-tty", "-v", "-s", tool.server()]);
                 if get {
                     cmd.args(["--no-sync", "--get"])
                         .arg(weights)
                         .arg("--to")
-                        .arg(download_dir.join(weights.file_name().unwrap()));
+                        .arg(get_to);
+                } else if scenario == Scenario::MtrTrue {
+                    cmd.arg("true");
                 } else {
                     cmd.arg("--sync-only");
                 }
@@ -517,41 +655,93 @@ impl Bench {
                     .env_remove("SSH_AUTH_SOCK");
                 cmd
             }
-            Tool::Rsync => {
-                let mut cmd = Command::new("rsync");
-                let remote = |path: &Path| {
-                    format!(
-                        "{}@{}:{}",
-                        self.server.user(),
-                        self.server.host(),
-                        path.display()
-                    )
-                };
+            Tool::Reference => {
+                let bin = self.opts.reference.as_ref().expect("MTR_REFERENCE");
+                let mut cmd = Command::new(bin);
+                cmd.args(["--no-check-update", "--no-tty", "-s", tool.server()]);
                 if get {
+                    cmd.args(["--no-sync", "--get"])
+                        .arg(weights)
+                        .arg("--to")
+                        .arg(get_to);
+                } else {
+                    // No sync-only mode: a sync is always followed by a command.
+                    cmd.arg("true");
+                }
+                cmd.current_dir(&self.project.root)
+                    .env("HOME", self.mtr_home.path())
+                    .env("PATH", &self.reference_path)
+                    .env_remove("SSH_AUTH_SOCK");
+                cmd
+            }
+            Tool::Rsync => {
+                let dest = self.dest(tool);
+                let mut cmd;
+                if get {
+                    cmd = Command::new("rsync");
                     cmd.args(["-az", "-e", &self.rsync_ssh])
                         .arg(remote(&dest.join(weights)))
                         .arg(format!("{}/", download_dir.display()));
                 } else {
-                    cmd.args(["-az", "--delete", "--exclude=/.mtr/", "-e", &self.rsync_ssh])
-                        .arg(format!("{}/", self.project.root.display()))
-                        .arg(format!("{}/", remote(dest)));
+                    let src = format!("{}/", self.project.root.display());
+                    let dst = format!("{}/", remote(dest));
+                    let rsync = ["-az", "--delete", "--exclude=/.mtr/"];
+                    if scenario == Scenario::MtrTrue {
+                        // What `mtr true` does, with rsync and ssh: sync, then run.
+                        cmd = Command::new("sh");
+                        cmd.arg("-c")
+                            .arg(format!(
+                                "rsync {} -e \"$1\" \"$2\" \"$3\" && $1 \"$4\" \"$5\"",
+                                rsync.join(" ")
+                            ))
+                            .arg("sh")
+                            .arg(&self.rsync_ssh)
+                            .arg(src)
+                            .arg(dst)
+                            .arg(format!("{}@{}", self.server.user(), self.server.host()))
+                            .arg(format!("cd '{}' && true", dest.display()));
+                    } else {
+                        cmd = Command::new("rsync");
+                        cmd.args(rsync)
+                            .args(["-e", &self.rsync_ssh])
+                            .arg(src)
+                            .arg(dst);
+                    }
                 }
                 cmd.env("HOME", self.mtr_home.path())
                     .env_remove("SSH_AUTH_SOCK");
                 cmd
             }
         };
+        Ok(cmd)
+    }
+
+    fn run(&self, scenario: Scenario, tool: Tool, rep: usize, verify: bool) -> Run {
+        let log = self
+            .logs
+            .join(format!("{}-{}-{rep}", scenario.name(), tool.name()));
+        let get = scenario.is_get();
+        let weights = &self.project.weights;
+        let dest = self.dest(tool);
+        let download_dir = self.downloads.join(tool.name());
+        if get {
+            fs::create_dir_all(&download_dir).unwrap();
+        }
+        let cmd = match self.command(scenario, tool, &download_dir) {
+            Ok(cmd) => cmd,
+            Err(e) => return failed(scenario, tool, rep, e),
+        };
         // What must equal what after the run: the remote copy and the local tree, or the
         // downloaded file and its remote original.
-        let (expected, actual, ignore) = if get {
-            let remote_dir = dest.join(weights.parent().unwrap());
-            (remote_dir, download_dir, &[".mtr", ".mtr-sync"][..])
+        let mut ignore = vec![".mtr", ".mtr-sync"];
+        let (expected, actual) = if get {
+            (dest.join(weights.parent().unwrap()), download_dir)
         } else {
-            (
-                self.project.root.clone(),
-                dest.to_owned(),
-                &[".mtr", ".mtr-sync"][..],
-            )
+            if tool == Tool::Reference {
+                // It syncs without --delete: the renamed directory's old name stays.
+                ignore.push(self.project.other_dir_name());
+            }
+            (self.project.root.clone(), dest.to_owned())
         };
         let mut run = self.measure(cmd, &log);
         run.scenario = scenario;
@@ -559,7 +749,7 @@ impl Bench {
         run.rep = rep;
         if run.error.is_none() && verify {
             run.verified = true;
-            if let Err(diff) = tree_equal(&expected, &actual, ignore) {
+            if let Err(diff) = tree_equal(&expected, &actual, &ignore) {
                 eprintln!(
                     "\n!!!!!!!! {} {} #{}: {} differs from {} !!!!!!!!\n{diff}\n",
                     scenario.name(),
@@ -590,45 +780,32 @@ impl Bench {
         cmd.stdin(Stdio::null())
             .stdout(File::create(log.with_extension("stdout")).unwrap())
             .stderr(File::create(&err_path).unwrap());
-        let rx = probe::loopback_rx_bytes();
-        let start = Instant::now();
-        // Reaped by wait4, which also yields its resource usage.
-        #[allow(clippy::zombie_processes)]
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        let watch = Watch::start(self.uid, child.id(), Duration::from_millis(10));
-        let (code, usage) = wait4(child.id());
-        let wall_s = start.elapsed().as_secs_f64();
-        let wire_bytes = probe::loopback_rx_bytes() - rx;
-        let sampled = watch.stop();
-        // Let the remote side wind down (sshd's session, the agent) before the next run.
-        let quiet = Instant::now() + Duration::from_secs(5);
-        while !probe::processes(self.uid).is_empty() && Instant::now() < quiet {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-
-        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        let m = run::measure(&mut cmd, self.uid, &|| self.net.wire_bytes());
         let stderr = fs::read_to_string(&err_path).unwrap_or_default();
-        let (error, note) = if code == 0 {
+        let (error, note) = if m.code == 0 {
             (None, None)
         } else {
             let lines: Vec<&str> = stderr.lines().collect();
             let tail = lines[lines.len().saturating_sub(20)..].join("\n");
             (
-                Some(format!("exit status {code}; stderr (last lines):\n{tail}")),
-                Some(format!("exit {code}: {}", last_line(&stderr))),
+                Some(format!(
+                    "exit status {}; stderr (last lines):\n{tail}",
+                    m.code
+                )),
+                Some(format!("exit {}: {}", m.code, last_line(&stderr))),
             )
         };
         Run {
             scenario: Scenario::FirstSync,
             tool: Tool::Mtr,
             rep: 0,
-            wall_s,
-            wire_bytes,
-            local_rss_kib: usage.ru_maxrss as u64,
-            local_anon_kib: sampled.local_anon_kib,
-            local_file_kib: sampled.local_file_kib,
-            local_cpu_s: tv(usage.ru_utime) + tv(usage.ru_stime),
-            remote: sampled.remote,
+            wall_s: m.wall_s,
+            wire_bytes: m.wire_bytes,
+            local_rss_kib: m.local_rss_kib,
+            local_anon_kib: m.sampled.local_anon_kib,
+            local_file_kib: m.sampled.local_file_kib,
+            local_cpu_s: m.local_cpu_s,
+            remote: m.sampled.remote,
             error,
             note,
             verified: false,
@@ -681,11 +858,31 @@ impl Bench {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "e2e: {} files, {:.0} MB (scale {}), medians of {} repetitions (first sync: 1)",
+            "e2e: {} files, {:.0} MB (scale {}), medians of {} repetitions (first sync: 1); \
+             mtr from {}",
             self.project.layout.files(),
             self.project.layout.bytes() as f64 / MB,
             self.opts.scale,
-            self.opts.reps
+            self.opts.reps,
+            self.revision
+        );
+        let _ = writeln!(
+            t,
+            "link: {} (tbf: {}, rate: {}); {}",
+            self.net.describe(),
+            if self.net.rate().is_some() {
+                "yes"
+            } else {
+                "no"
+            },
+            self.net.rate().unwrap_or("unlimited"),
+            self.rates.describe()
+        );
+        let _ = writeln!(
+            t,
+            "load average (1/5/15 min): {} at the start, {} at the end",
+            self.load_start,
+            load_average()
         );
         let _ = writeln!(
             t,
@@ -703,8 +900,8 @@ impl Bench {
             "B/rsync"
         );
         for s in &summary {
-            let ratios = match (s.tool, rsync(s.scenario)) {
-                (Tool::Mtr | Tool::MtrRsync | Tool::MtrSftp, Some(r)) if s.ok > 0 => format!(
+            let ratios = match rsync(s.scenario) {
+                Some(r) if s.ok > 0 && s.tool != Tool::Rsync => format!(
                     "{:>7} {:>7}",
                     ratio(s.wall_s, r.wall_s),
                     ratio(s.wire_bytes, r.wire_bytes)
@@ -743,17 +940,24 @@ impl Bench {
             );
         }
         t.push_str(
-            "RSS in MiB: peak of the local process (rsync: with its ssh; mmap'd files count), its\n\
-             anonymous part alone (polled), and the remote mtr-agent / rsync server's (mtr-sftp:\n\
-             the sshd session's, which runs internal-sftp), polled every 10 ms (\"-\": it exited\n\
-             before a poll saw it);\n\
-             cpu in s (remote: all the account's processes, sshd's session too).\n\
-             t/rsync, B/rsync: the mtr engine's wall time and bytes on the wire over rsync's.\n",
+            "MB wire: both directions on the link. RSS in MiB: peak of the local process (rsync:\n\
+             with its ssh; reference: with its rsync and ssh; mmap'd files count), its anonymous\n\
+             part alone (polled; reference: the Python process), and the remote mtr-agent / rsync\n\
+             server's (mtr-sftp: the sshd session's, which runs internal-sftp), polled every 10 ms\n\
+             (\"-\": it exited before a poll saw it); cpu in s (remote: all the account's processes,\n\
+             sshd's session too). t/rsync, B/rsync: wall time and bytes on the wire over rsync's.\n\
+             mtr-true: a no-op sync then `true` (rsync: `rsync ... && ssh host 'cd DIR && true'`).\n",
         );
+        if self.opts.tools.contains(&Tool::Reference) {
+            t.push_str(
+                "reference: every sync row is `reference true` (it has no sync-only mode: its\n\
+                 rsync -av, no -z, no --delete, then ssh host 'cd DIR && true').\n",
+            );
+        }
         t
     }
 
-    fn json(&self, isolated: bool) -> serde_json::Value {
+    fn json(&self) -> serde_json::Value {
         let l = &self.project.layout;
         let runs: Vec<_> = self
             .runs
@@ -771,6 +975,7 @@ impl Bench {
                     "local_cpu_s": r.local_cpu_s,
                     "remote": r.remote.iter().map(|(name, s)| (name.clone(), json!({
                         "peak_rss_kib": s.peak_rss_kib,
+                        "peak_rss_anon_kib": s.peak_anon_kib,
                         "cpu_s": s.cpu_s,
                         "processes": s.processes,
                     }))).collect::<serde_json::Map<_, _>>(),
@@ -808,12 +1013,26 @@ impl Bench {
                 "src": [l.src_files, l.src_bytes],
                 "vendored": [l.vendored_files, l.vendored_bytes],
                 "objects": [l.obj_files, l.obj_bytes],
-                "weights_bytes": l.weights_bytes,
+                "checkpoint": {
+                    "format": "safetensors, F16",
+                    "layers": l.model.layers,
+                    "vocab": l.model.vocab,
+                    "data_bytes": l.weights_bytes(),
+                },
             },
-            "private_network_namespace": isolated,
+            "link": self.net.json(),
+            "link_rate": self.net.rate(),
+            "link_tbf": self.net.rate().is_some(),
+            "link_measured": self.rates.json(),
+            "load_average": {"start": self.load_start, "end": load_average()},
             "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "rsync_version": first_line_of(Command::new("rsync").arg("--version")),
+            "source_revision": self.revision,
             "mtr_version": self.mtr.as_ref().ok().map(|b| first_line_of(Command::new(b).arg("--version"))),
+            "reference": self.opts.reference.as_ref().map(|b| json!({
+                "path": b,
+                "version": first_line_of(Command::new(b).arg("--version")),
+            })),
             "unix_time": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             "summary": summary,
             "runs": runs,
@@ -896,116 +1115,18 @@ fn first_line_of(cmd: &mut Command) -> String {
         .unwrap_or_else(|e| format!("({e})"))
 }
 
-/// Waits for `pid`; returns its exit code (128+N if killed by signal N) and resource usage,
-/// which covers the descendants it waited for (`ru_maxrss` is the largest of them).
-fn wait4(pid: u32) -> (i32, libc::rusage) {
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: valid pointers to locals; pid is our own child, not yet reaped.
-        let r = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
-        if r == pid as i32 {
-            break;
-        }
-        let err = std::io::Error::last_os_error();
-        assert_eq!(
-            err.kind(),
-            std::io::ErrorKind::Interrupted,
-            "wait4({pid}): {err}"
-        );
-    }
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
-    };
-    (code, usage)
-}
-
-/// The workspace's target dir (`CARGO_TARGET_DIR`, else `<workspace>/target`).
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"))
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-/// `MTR_BENCH_MTR`, or a fresh `cargo build --release -p mtr`.
-fn mtr_binary(opts: &Options) -> Result<PathBuf, String> {
-    if let Some(bin) = &opts.mtr {
-        // cargo runs benches in the package's dir: resolve from the workspace instead.
-        let bin = workspace().join(bin);
-        assert!(
-            bin.is_file(),
-            "MTR_BENCH_MTR: no such file: {}",
-            bin.display()
-        );
-        return Ok(bin);
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("building mtr: cargo build --release -p mtr");
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "mtr"])
-        .current_dir(workspace())
-        .status()
-        .map_err(|e| format!("running cargo: {e}"))?;
-    if !status.success() {
-        eprintln!(
-            "\n!!!!!!!! cargo build --release -p mtr failed: mtr runs will be skipped !!!!!!!!\n"
-        );
-        return Err(format!(
-            "`cargo build --release -p mtr` failed ({status}); see its output above"
-        ));
-    }
-    Ok(target_dir().join("release/mtr"))
-}
-
-/// Moves this process into a network namespace of its own with only `lo` up, so that its
-/// counters see the benchmark's traffic alone. Returns false (and says why) if it cannot.
-fn isolate_network() -> bool {
-    // SAFETY: plain syscalls on locals; the process is still single-threaded.
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNET) != 0 {
-            eprintln!(
-                "warning: unshare(CLONE_NEWNET): {}; counting bytes on the shared loopback, \
-                 where other traffic adds up",
-                std::io::Error::last_os_error()
-            );
-            return false;
-        }
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-            *dst = *src as libc::c_char;
-        }
-        req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        let r = libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req);
-        assert!(
-            r == 0,
-            "bringing lo up: {}",
-            std::io::Error::last_os_error()
-        );
-        libc::close(fd);
-    }
-    true
-}
-
+/// One server entry per mtr engine, and one for the reference tool (which reads the same file:
+/// `sync: rsync` is its only engine; mtr accepts the entry too).
 fn write_config(root: &Path, server: &Server, home: &LocalHome, dests: &[(Tool, PathBuf)]) {
-    let mut config =
-        String::from("# Written by benches/e2e.rs: one server entry per engine\nservers:\n");
+    let mut config = String::from(
+        "# Written by benches/e2e.rs: one server entry per engine, and the reference tool's\n\
+         servers:\n",
+    );
     for (tool, dest) in dests.iter().filter(|(t, _)| *t != Tool::Rsync) {
         let engine = match tool {
             Tool::Mtr => "agent",
-            Tool::MtrRsync => "rsync",
-            _ => "sftp",
+            Tool::MtrSftp => "sftp",
+            _ => "rsync",
         };
         let _ = write!(
             config,

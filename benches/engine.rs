@@ -3,9 +3,13 @@
 //!
 //! - `fastcdc`: FastCDC v2020 boundaries alone, with the chunker's parameters;
 //! - `chunker`: `protocol::chunker::Chunker::default().chunk()` (boundaries + BLAKE3, fused);
+//! - `rechunk`: `Chunker::rechunk()` of a changed file given its old chunk list (what a sync
+//!   does for a file whose stat changed): unchanged, and with 10% overwritten in 16 places;
 //! - `blake3`: BLAKE3 alone, over the whole buffer and over 64 KiB pieces;
-//! - `compress`: `protocol::compress::compress` chunk by chunk, and zstd levels 1 and 3 directly
-//!   on the same chunks for comparison (text and fp16; the ratios are printed once at start).
+//! - `compress`: `protocol::compress::compress` chunk by chunk (zstd, or for fp16 the shuffled
+//!   codec: zstd on the high bytes, low bytes as is), and zstd levels 1 and 3 directly on the
+//!   same chunks for comparison (text and fp16; the ratios and codecs are printed once at start);
+//! - `decompress`: `protocol::compress::decompress` of what `compress` made, by raw bytes.
 //!
 //! Run: `cargo bench --bench engine` (a short run: 10 samples, 2 s each).
 //! Filter: `cargo bench --bench engine -- chunker/fp16`.
@@ -65,6 +69,25 @@ fn chunking(c: &mut Criterion) {
     }
     g.finish();
 
+    let mut g = group(c, "rechunk");
+    for (kind, data) in corpus.iter().filter(|(k, _)| matches!(*k, "text" | "fp16")) {
+        let old = protocol::chunker::specs(&chunker.chunk(data));
+        let mut edited = data.clone();
+        let slot = LEN / 16;
+        for i in 0..16 {
+            let at = i * slot + slot / 3;
+            let fresh = inputs::random(slot / 10, 100 + i as u64);
+            edited[at..at + fresh.len()].copy_from_slice(&fresh);
+        }
+        g.bench_function(format!("{kind}/unchanged"), |b| {
+            b.iter(|| chunker.rechunk(black_box(data), &old))
+        });
+        g.bench_function(format!("{kind}/10%_overwritten"), |b| {
+            b.iter(|| chunker.rechunk(black_box(&edited), &old))
+        });
+    }
+    g.finish();
+
     let mut g = group(c, "blake3");
     let (_, data) = &corpus[0];
     g.bench_function("whole", |b| b.iter(|| blake3::hash(black_box(data))));
@@ -112,12 +135,17 @@ fn compression(c: &mut Criterion) {
 
     for input in &inputs {
         let ratio = |f: &dyn Fn(&[u8]) -> usize| input.each(f) as f64 / LEN as f64;
-        let ours = ratio(&|c| protocol::compress::compress(c).map_or(c.len(), |z| z.len()));
+        let ours = ratio(&|c| protocol::compress::compress(c).map_or(c.len(), |(_, z)| z.len()));
+        let mut codecs = std::collections::BTreeMap::new();
+        for &(o, l) in &input.chunks {
+            let codec = protocol::compress::compress(&input.data[o..o + l]).map(|(c, _)| c);
+            *codecs.entry(format!("{codec:?}")).or_insert(0) += 1;
+        }
         let z1 = ratio(&|c| zstd::bulk::compress(c, 1).unwrap().len());
         let z3 = ratio(&|c| zstd::bulk::compress(c, 3).unwrap().len());
         eprintln!(
-            "{}: {} chunks; size after protocol::compress {ours:.3}, zstd -1 {z1:.3}, \
-             zstd -3 {z3:.3}",
+            "{}: {} chunks; size after protocol::compress {ours:.3} (codecs {codecs:?}), \
+             zstd -1 {z1:.3}, zstd -3 {z3:.3}",
             input.kind,
             input.chunks.len()
         );
@@ -127,13 +155,40 @@ fn compression(c: &mut Criterion) {
     for input in &inputs {
         let kind = input.kind;
         g.bench_function(format!("protocol/{kind}"), |b| {
-            b.iter(|| input.each(|c| protocol::compress::compress(c).map_or(0, |z| z.len())))
+            b.iter(|| input.each(|c| protocol::compress::compress(c).map_or(0, |(_, z)| z.len())))
         });
         g.bench_function(format!("zstd1/{kind}"), |b| {
             b.iter(|| input.each(|c| zstd::bulk::compress(c, 1).unwrap().len()))
         });
         g.bench_function(format!("zstd3/{kind}"), |b| {
             b.iter(|| input.each(|c| zstd::bulk::compress(c, 3).unwrap().len()))
+        });
+    }
+    g.finish();
+
+    let mut g = group(c, "decompress");
+    for input in &inputs {
+        let encoded: Vec<_> = input
+            .chunks
+            .iter()
+            .map(|&(o, l)| {
+                let raw = &input.data[o..o + l];
+                let (codec, payload) = protocol::compress::compress(raw)
+                    .unwrap_or((protocol::compress::Codec::Raw, raw.to_vec()));
+                (codec, payload, l as u32)
+            })
+            .collect();
+        g.bench_function(format!("protocol/{}", input.kind), |b| {
+            b.iter(|| {
+                encoded
+                    .iter()
+                    .map(|(codec, p, l)| {
+                        protocol::compress::decompress(*codec, black_box(p), *l)
+                            .unwrap()
+                            .len()
+                    })
+                    .sum::<usize>()
+            })
         });
     }
     g.finish();

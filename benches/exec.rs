@@ -7,33 +7,12 @@
 //! then `MTR_REFERENCE=v/bin/mtr`), `reference --no-sync true` and `reference true`. The project
 //! is `examples/demo`. Prints a table and writes `target/bench-exec.json`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use mtr_benches::run::{self, workspace};
 use testkit::sshd::{LocalHome, Server};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn build_mtr() -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let ok = Command::new(cargo)
-        .args(["build", "--release", "-p", "mtr"])
-        .current_dir(workspace())
-        .status()
-        .expect("cargo")
-        .success();
-    assert!(ok, "cargo build --release -p mtr failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"));
-    target.join("release/mtr")
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -54,11 +33,14 @@ struct Row {
 }
 
 fn main() {
+    if !run::wanted("exec") {
+        return;
+    }
     let reps: usize = std::env::var("MTR_BENCH_REPS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    let mtr = build_mtr();
+    let mtr = run::mtr_binary(None).unwrap_or_else(|e| panic!("{e}"));
     let server = Server::start();
     let home = LocalHome::for_server(&server);
     let work = tempfile::tempdir().unwrap();
@@ -208,7 +190,7 @@ fn main() {
         ));
     }
     println!("(/reference: against `reference true`)");
-    let target = workspace().join("target");
+    let target = run::target_dir();
     std::fs::create_dir_all(&target).unwrap();
     std::fs::write(
         target.join("bench-exec.json"),

@@ -95,6 +95,7 @@ impl Ssh {
     pub fn connect(opts: &SshOptions) -> Result<Ssh> {
         let display = format!("{}@{}:{}", opts.user, opts.host, opts.port);
         let tcp = tcp_connect(opts, &display)?;
+        log::debug!("{display}: TCP connected");
         let mut session =
             Session::new().with_context(|| format!("cannot start an SSH session to {display}"))?;
         session.set_tcp_stream(tcp);
@@ -123,6 +124,7 @@ impl Ssh {
         verify_host_key(&session, opts, &name, &known)?;
         session.set_timeout(millis(AUTH_TIMEOUT));
         authenticate(&session, opts, &display)?;
+        log::debug!("{display}: authenticated");
         session.set_timeout(0);
         Ok(Ssh { session, display })
     }

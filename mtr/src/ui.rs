@@ -105,6 +105,8 @@ pub fn bytes(n: u64) -> String {
 struct Logger {
     level: log::LevelFilter,
     file: Option<Mutex<std::fs::File>>,
+    /// Debug lines carry the time since logging started, so `-vv` is a timeline.
+    started: Option<std::time::Instant>,
 }
 
 impl log::Log for Logger {
@@ -116,11 +118,15 @@ impl log::Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let line = format!(
-            "mtr: {}: {}",
-            record.level().as_str().to_lowercase(),
-            record.args()
-        );
+        let level = record.level().as_str().to_lowercase();
+        let line = match self.started {
+            Some(t) => format!(
+                "mtr: {level}: [{:7.1} ms] {}",
+                t.elapsed().as_secs_f64() * 1e3,
+                record.args()
+            ),
+            None => format!("mtr: {level}: {}", record.args()),
+        };
         match &self.file {
             Some(f) => {
                 let _ = writeln!(f.lock().unwrap(), "{line}");
@@ -151,9 +157,14 @@ pub fn init_logging(verbose: u8, log_file: Option<&Path>) -> anyhow::Result<()> 
         )),
         None => None,
     };
-    log::set_boxed_logger(Box::new(Logger { level, file }))
-        .map(|()| log::set_max_level(level))
-        .context("logger already set")
+    let started = (level >= log::LevelFilter::Debug).then(std::time::Instant::now);
+    log::set_boxed_logger(Box::new(Logger {
+        level,
+        file,
+        started,
+    }))
+    .map(|()| log::set_max_level(level))
+    .context("logger already set")
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Framing and encoding. The only place that calls bincode.
 //!
 //! A frame is `len: u32 LE` (of what follows), `kind: u8`, then the body. Kind 0 is a bincode
-//! message; kind 1 is chunk data (`hash[32] flags:u8 raw_len:u32 LE payload`), kept out of
+//! message; kind 1 is chunk data (`hash[32] codec:u8 raw_len:u32 LE payload`), kept out of
 //! bincode so bulk bytes are copied once. Lengths are bounded before anything is allocated, so a
 //! hostile or corrupt peer gets an error, never a huge allocation or a panic.
 
@@ -9,6 +9,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::compress::Codec;
 use crate::error::{Error, Result};
 use crate::wire::Hash;
 
@@ -24,7 +25,10 @@ const KIND_ZMSG: u8 = 2;
 /// Message bodies at least this large are compressed when that saves space (paths and
 /// manifests compress well).
 const ZMSG_MIN: usize = 2048;
-const FLAG_ZSTD: u8 = 1;
+/// A data frame's codec byte.
+const CODEC_RAW: u8 = 0;
+const CODEC_ZSTD: u8 = 1;
+const CODEC_SHUFFLE16: u8 = 2;
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_MSG_FRAME>()
@@ -67,8 +71,8 @@ pub fn msg_frame<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataFrame {
     pub hash: Hash,
-    /// `payload` is zstd-compressed; otherwise it is the raw chunk.
-    pub compressed: bool,
+    /// How `payload` encodes the chunk.
+    pub codec: Codec,
     /// Length of the chunk once decompressed.
     pub raw_len: u32,
     pub payload: Vec<u8>,
@@ -120,13 +124,7 @@ impl<W: Write> FrameWriter<W> {
     }
 
     /// Queue a data frame.
-    pub fn data(
-        &mut self,
-        hash: &Hash,
-        compressed: bool,
-        raw_len: u32,
-        payload: &[u8],
-    ) -> Result<()> {
+    pub fn data(&mut self, hash: &Hash, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
         if payload.len() > MAX_CHUNK || raw_len as usize > MAX_CHUNK {
             return Err(Error::Protocol(format!(
                 "chunk of {} bytes exceeds the limit",
@@ -135,7 +133,11 @@ impl<W: Write> FrameWriter<W> {
         }
         let mut head = [0u8; DATA_HEADER];
         head[..32].copy_from_slice(hash);
-        head[32] = if compressed { FLAG_ZSTD } else { 0 };
+        head[32] = match codec {
+            Codec::Raw => CODEC_RAW,
+            Codec::Zstd => CODEC_ZSTD,
+            Codec::Shuffle16 => CODEC_SHUFFLE16,
+        };
         head[33..].copy_from_slice(&raw_len.to_le_bytes());
         self.put(KIND_DATA, &head, payload)
     }
@@ -238,10 +240,12 @@ impl<R: Read> FrameReader<R> {
                 self.exact(&mut head)?;
                 let mut hash = [0u8; 32];
                 hash.copy_from_slice(&head[..32]);
-                let flags = head[32];
-                if flags & !FLAG_ZSTD != 0 {
-                    return Err(Error::Protocol(format!("unknown data flags {flags:#x}")));
-                }
+                let codec = match head[32] {
+                    CODEC_RAW => Codec::Raw,
+                    CODEC_ZSTD => Codec::Zstd,
+                    CODEC_SHUFFLE16 => Codec::Shuffle16,
+                    c => return Err(Error::Protocol(format!("unknown chunk codec {c:#x}"))),
+                };
                 let raw_len = u32::from_le_bytes(head[33..37].try_into().unwrap());
                 if raw_len as usize > MAX_CHUNK {
                     return Err(Error::Protocol(format!(
@@ -252,7 +256,7 @@ impl<R: Read> FrameReader<R> {
                 self.exact(&mut payload)?;
                 Frame::Data(DataFrame {
                     hash,
-                    compressed: flags & FLAG_ZSTD != 0,
+                    codec,
                     raw_len,
                     payload,
                 })
@@ -346,7 +350,7 @@ mod tests {
     fn message_and_data_frames_round_trip() {
         let bytes = roundtrip_bytes(|w| {
             w.msg(&ToSink::ListIndex).unwrap();
-            w.data(&[9; 32], true, 10, b"abc").unwrap();
+            w.data(&[9; 32], Codec::Zstd, 10, b"abc").unwrap();
             w.msg(&ToSink::Bye).unwrap();
         });
         let mut r = FrameReader::new(&bytes[..]);
@@ -357,7 +361,7 @@ mod tests {
         match r.frame::<ToSink>().unwrap() {
             Some(Frame::Data(d)) => {
                 assert_eq!(d.hash, [9; 32]);
-                assert!(d.compressed);
+                assert_eq!(d.codec, Codec::Zstd);
                 assert_eq!(d.raw_len, 10);
                 assert_eq!(d.payload, b"abc");
             }

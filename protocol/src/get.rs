@@ -322,6 +322,8 @@ pub fn receive<R: Read, W: Write>(
             let _ = w.flush();
         }
     }
+    // Old versions swapped out of place are in staging: gone first.
+    sink.empty_trash();
     // Staging is kept only for a resume after a lost connection.
     if !cfg.dry_run && !matches!(result, Err(Error::Transport(_))) {
         match fs::remove_dir_all(&staging) {

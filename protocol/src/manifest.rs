@@ -1,7 +1,7 @@
 //! Manifests (a tree as path → entry), the tree token that identifies one, and the diff that
 //! turns a base manifest into the ops bringing the sink up to date.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::wire::{Entry, EntryKind, Hash};
 
@@ -121,6 +121,136 @@ pub fn diff(
         }
     }
     d
+}
+
+/// Renames: upserted paths the sink can build by renaming a path the same diff deletes, as
+/// new path → deleted path. A new directory moves from a deleted one when every path under the
+/// deleted one has a counterpart of the same kind under the new one (a renamed directory,
+/// maybe with edits: what differs follows as ops of its own), found through a file of equal
+/// content at the same relative path; what is under a moved directory moves with it. A file
+/// with new content moves from a deleted file of the same content (one of the same name
+/// first). Paths in `force` (changed on the sink's side) never serve.
+pub fn moves(
+    base: &Manifest,
+    current: &Manifest,
+    d: &Diff,
+    force: &HashSet<String>,
+) -> HashMap<String, String> {
+    let deleted: HashSet<&str> = d
+        .deletes
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !force.contains(*p))
+        .collect();
+    let mut by_digest: HashMap<&Hash, Vec<&str>> = HashMap::new();
+    for p in &deleted {
+        if let Some(EntryKind::File { digest, .. }) = base.get(*p) {
+            by_digest.entry(digest).or_default().push(p);
+        }
+    }
+    for v in by_digest.values_mut() {
+        v.sort_unstable();
+    }
+    let mut out = HashMap::new();
+    // Deleted paths taken, with everything under a directory that moves.
+    let mut used: HashSet<&str> = HashSet::new();
+    let mut moved: HashSet<&str> = HashSet::new();
+    let under_moved = |moved: &HashSet<&str>, p: &str| {
+        let mut at = p;
+        while let Some(i) = at.rfind('/') {
+            at = &at[..i];
+            if moved.contains(at) {
+                return true;
+            }
+        }
+        false
+    };
+    for (p, _) in &d.upserts {
+        if base.contains_key(p)
+            || !matches!(current.get(p), Some(EntryKind::Dir))
+            || under_moved(&moved, p)
+        {
+            continue;
+        }
+        let prefix = format!("{p}/");
+        let from = current
+            .range(prefix.clone()..)
+            .take_while(|(q, _)| q.starts_with(&prefix))
+            .filter_map(|(q, k)| match k {
+                EntryKind::File { digest, .. } => Some((&q[prefix.len()..], digest)),
+                _ => None,
+            })
+            .take(16)
+            .find_map(|(rel, digest)| {
+                by_digest.get(digest)?.iter().find_map(|cand| {
+                    let dir = cand.strip_suffix(rel)?.strip_suffix('/')?;
+                    (deleted.contains(dir)
+                        && !used.contains(dir)
+                        && matches!(base.get(dir), Some(EntryKind::Dir))
+                        && subtree_fits(base, current, dir, p, force))
+                    .then_some(dir)
+                })
+            });
+        if let Some(from) = from {
+            let from_prefix = format!("{from}/");
+            used.insert(from);
+            used.extend(
+                base.range(from_prefix.clone()..)
+                    .take_while(|(q, _)| q.starts_with(&from_prefix))
+                    .map(|(q, _)| q.as_str()),
+            );
+            moved.insert(p.as_str());
+            out.insert(p.clone(), from.to_string());
+        }
+    }
+    for (p, content) in &d.upserts {
+        let Some(EntryKind::File { digest, .. }) = current.get(p) else {
+            continue;
+        };
+        if !content || under_moved(&moved, p) {
+            continue;
+        }
+        let Some(cands) = by_digest.get(digest) else {
+            continue;
+        };
+        let name = |q: &str| q.rsplit('/').next().unwrap_or(q).to_string();
+        let free = |q: &&&str| !used.contains(**q);
+        let from = cands
+            .iter()
+            .filter(free)
+            .find(|q| name(q) == name(p))
+            .or_else(|| cands.iter().find(free))
+            .copied();
+        if let Some(from) = from {
+            used.insert(from);
+            out.insert(p.clone(), from.to_string());
+        }
+    }
+    out
+}
+
+/// Whether every path under `from` in `base` has a counterpart of the same kind under `to` in
+/// `current`, none of them changed on the sink's side.
+fn subtree_fits(
+    base: &Manifest,
+    current: &Manifest,
+    from: &str,
+    to: &str,
+    force: &HashSet<String>,
+) -> bool {
+    let prefix = format!("{from}/");
+    base.range(prefix.clone()..)
+        .take_while(|(p, _)| p.starts_with(&prefix))
+        .all(|(p, kind)| {
+            let there = current.get(&format!("{to}/{}", &p[prefix.len()..]));
+            !force.contains(p)
+                && matches!(
+                    (kind, there),
+                    (EntryKind::Dir, Some(EntryKind::Dir))
+                        | (EntryKind::File { .. }, Some(EntryKind::File { .. }))
+                        | (EntryKind::Symlink { .. }, Some(EntryKind::Symlink { .. }))
+                )
+        })
 }
 
 #[cfg(test)]

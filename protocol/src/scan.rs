@@ -307,6 +307,24 @@ fn walk(root: &Path, rel_dir: &str, filter: &Filter, progress: &dyn Progress) ->
 
 /// Read and chunk one file, checking it did not change while being read.
 pub fn chunk_file(path: &Path, expected: &StatKey, chunker: &Chunker) -> Result<Vec<ChunkRef>> {
+    rechunk_file(path, expected, chunker, &[])
+}
+
+/// [`chunk_file`] of a file that chunked as `old` before it changed: most of its chunks are
+/// checked by hash instead of found again ([`Chunker::rechunk`]); the result is the same.
+pub fn rechunk_file(
+    path: &Path,
+    expected: &StatKey,
+    chunker: &Chunker,
+    old: &[ChunkSpec],
+) -> Result<Vec<ChunkRef>> {
+    let chunk = |data: &[u8]| {
+        if old.is_empty() {
+            chunker.chunk(data)
+        } else {
+            chunker.rechunk(data, old)
+        }
+    };
     for _attempt in 0..2 {
         let f = File::open(path).ctx("open", path)?;
         let before = stat_key(&f.metadata().ctx("stat", path)?);
@@ -316,14 +334,14 @@ pub fn chunk_file(path: &Path, expected: &StatKey, chunker: &Chunker) -> Result<
             // SAFETY: the map is read-only and dropped before we return; a concurrent writer can
             // change the bytes under us, which the stat comparison below detects.
             let map = unsafe { memmap2::Mmap::map(&f) }.ctx("map", path)?;
-            chunker.chunk(&map)
+            chunk(&map)
         } else {
             let mut buf = Vec::with_capacity(before.size as usize);
             std::io::Read::read_to_end(&mut &f, &mut buf).ctx("read", path)?;
             if buf.len() as u64 != before.size {
                 continue;
             }
-            chunker.chunk(&buf)
+            chunk(&buf)
         };
         let after = stat_key(&std::fs::symlink_metadata(path).ctx("stat", path)?);
         if after == before && before.mtime_ns == expected.mtime_ns && before.size == expected.size {
@@ -387,19 +405,17 @@ pub fn scan_file(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let st = stat_key(&meta);
-    let known = index
+    let recorded = index
         .filter(|ix| ix.protocol == PROTOCOL_VERSION && ix.chunker == Some(chunker.id()))
-        .and_then(|ix| {
-            ix.files
-                .iter()
-                .find(|e| e.path == key && e.stat == st && trusted(&st, ix.scanned_at_ns))
-        });
+        .and_then(|ix| Some((ix.files.iter().find(|e| e.path == key)?, ix.scanned_at_ns)));
+    let known = recorded.filter(|(e, at)| e.stat == st && trusted(&st, *at));
     let mut tree = Tree::default();
     let (st, chunks) = match known {
-        Some(e) => (st, refs(&e.chunks)),
+        Some((e, _)) => (st, refs(&e.chunks)),
         None => {
             progress.phase("hash", st.size);
-            let chunks = chunk_file(path, &st, chunker)?;
+            let old = recorded.map_or(&[][..], |(e, _)| &e.chunks[..]);
+            let chunks = rechunk_file(path, &st, chunker, old)?;
             progress.advance(st.size);
             tree.files_hashed = 1;
             tree.bytes_hashed = st.size;
@@ -452,11 +468,24 @@ pub fn scan(
         }
         _ => HashMap::new(),
     };
+    // A file whose directory was renamed keeps its whole stat, so it is found under its old
+    // path: by inode and a ctime older than the last scan, which a file created since (even
+    // one reusing the inode) cannot have.
+    let moved: HashMap<&StatKey, &SourceIndexEntry> =
+        known.values().map(|e| (&e.stat, *e)).collect();
     let scanned_at = index.map(|i| i.scanned_at_ns).unwrap_or(i64::MIN);
     let trusted = |st: &StatKey| trusted(st, scanned_at);
+    let settled = |st: &StatKey| {
+        let changed = StatKey {
+            mtime_ns: st.ctime_ns,
+            ..*st
+        };
+        trusted(st) && trusted(&changed)
+    };
 
     let mut tree = Tree::default();
-    let mut to_hash: Vec<(String, StatKey)> = Vec::new();
+    // Files to hash, with their chunks before they changed, if known.
+    let mut to_hash: Vec<(String, StatKey, &[ChunkSpec])> = Vec::new();
     let mut reused: Vec<(String, StatKey, Vec<ChunkSpec>)> = Vec::new();
     let mut modes = HashMap::new();
     for it in items {
@@ -470,25 +499,30 @@ pub fn scan(
             Item::Skipped(w) => tree.warnings.push(w),
             Item::File(p, st, mode) => {
                 modes.insert(p.clone(), mode);
-                match known.get(p.as_str()) {
-                    Some(e) if e.stat == st && trusted(&st) => {
-                        reused.push((p, st, e.chunks.clone()))
+                let hit = match known.get(p.as_str()) {
+                    Some(e) if e.stat == st => Some(e).filter(|_| trusted(&st)),
+                    _ => moved.get(&st).filter(|_| settled(&st)),
+                };
+                match hit {
+                    Some(e) => reused.push((p, st, e.chunks.clone())),
+                    None => {
+                        let old = known.get(p.as_str()).map_or(&[][..], |e| &e.chunks[..]);
+                        to_hash.push((p, st, old))
                     }
-                    _ => to_hash.push((p, st)),
                 }
             }
         }
     }
 
-    let total: u64 = to_hash.iter().map(|(_, s)| s.size).sum();
+    let total: u64 = to_hash.iter().map(|(_, s, _)| s.size).sum();
     progress.phase("hash", total);
     // Big files first so the cores stay busy to the end.
     to_hash.sort_by_key(|f| std::cmp::Reverse(f.1.size));
     let hashed: Vec<Result<(String, StatKey, Vec<ChunkRef>)>> = to_hash
         .into_par_iter()
-        .map(|(p, st)| {
+        .map(|(p, st, old)| {
             let abs = root.join(&p);
-            let chunks = chunk_file(&abs, &st, chunker)?;
+            let chunks = rechunk_file(&abs, &st, chunker, old)?;
             progress.advance(st.size);
             let st = stat_key(&std::fs::symlink_metadata(&abs).ctx("stat", &abs)?);
             Ok((p, st, chunks))

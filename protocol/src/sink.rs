@@ -6,12 +6,15 @@
 //! - every path from the peer is checked ([`crate::paths`]); nothing is written through a
 //!   symlink or outside the root (outside the destination, for a download);
 //! - a file is built in a staging directory on the root's filesystem (`<root>/.mtr-sync/staging/`
-//!   for an upload, a hidden sibling of a download's destination) and renamed into place: a
-//!   user-visible file is always its old or its new version, and an interrupted build is reused
-//!   (verified chunk by chunk) by the next run;
+//!   for an upload, a hidden sibling of a download's destination) and renamed (or swapped)
+//!   into place: a user-visible file is always its old or its new version, and an interrupted
+//!   build is reused (verified chunk by chunk) by the next run;
 //! - chunks already on the sink are copied locally (`copy_file_range`) from the files the
-//!   sink's index says hold them, trusted only while their `stat` matches the index; only
-//!   missing chunks are asked for, and every received chunk is verified against its hash;
+//!   sink's index says hold them, trusted only while their `stat` is the one the copy was
+//!   planned with; only missing chunks are asked for, and every received chunk is verified
+//!   against its hash before it is written;
+//! - a renamed path ([`Op::Move`]) is moved only if the sink wrote it, it is unchanged since,
+//!   and (a directory) it holds nothing else: what the sink did not write never moves;
 //! - only paths the sink wrote (its index) are ever deleted; files created on the sink's side
 //!   survive.
 
@@ -21,13 +24,15 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
 use crate::chunker::{self, Chunker};
-use crate::codec::{Frame, FrameReader, FrameWriter, MAX_CHUNK};
-use crate::compress;
+use crate::codec::{DataFrame, Frame, FrameReader, FrameWriter, MAX_CHUNK};
+use crate::compress::{self, Codec};
 use crate::error::{Error, IoContext, Result};
 use crate::index;
 use crate::manifest;
@@ -234,17 +239,28 @@ struct Copy {
     off: u64,
     hash: Hash,
     src: Loc,
+    /// The `stat` the source had when the copy was planned: a file that changed since (or was
+    /// replaced by a move) is not read.
+    stat: StatKey,
 }
 
 struct Staged {
     path: String,
     entry: EntryKind,
     chunks: Vec<ChunkSpec>,
+    /// Where each chunk starts.
+    starts: Vec<u64>,
     tmp: PathBuf,
     file: File,
 }
 
 impl Staged {
+    /// The length of the chunk at `off`, if one starts there.
+    fn len_at(&self, off: u64) -> Option<u32> {
+        let i = self.starts.binary_search(&off).ok()?;
+        Some(self.chunks[i].len)
+    }
+
     fn size(&self) -> u64 {
         match self.entry {
             EntryKind::File { size, .. } => size,
@@ -288,6 +304,8 @@ pub(crate) struct Sink {
     /// Things skipped or kept, for the user.
     warnings: Vec<String>,
     last_save: Instant,
+    /// Old versions of replaced files, removed in the background.
+    trash: Trash,
     _lock: Option<File>,
 }
 
@@ -380,6 +398,7 @@ impl Sink {
             plan: Vec::new(),
             warnings: Vec::new(),
             last_save: Instant::now(),
+            trash: Trash::default(),
             _lock: lock,
         })
     }
@@ -407,6 +426,11 @@ impl Sink {
             payload_bytes: self.payload_received,
             bytes_hashed: self.bytes_hashed,
         }
+    }
+
+    /// Wait until the old versions of replaced files are removed.
+    pub(crate) fn empty_trash(&mut self) {
+        self.trash = Trash::default();
     }
 
     /// What was skipped or kept so far, for the user.
@@ -791,6 +815,179 @@ impl Sink {
         Ok(None)
     }
 
+    /// Apply an upsert: directories and symlinks at once; a file with new content is staged,
+    /// its chunks planned as local copies (from the files holding them, as they are now) or
+    /// added to what to ask for.
+    fn upsert(
+        &mut self,
+        entry: Entry,
+        chunks: Option<Vec<ChunkSpec>>,
+        staged: &mut Vec<Staged>,
+        need: &mut Need,
+        copies: &mut Vec<Copy>,
+    ) -> Result<()> {
+        match entry.kind.clone() {
+            EntryKind::Dir => self.upsert_dir(entry),
+            EntryKind::Symlink { target } => self.upsert_symlink(entry, &target),
+            EntryKind::File { .. } => {
+                if let Some((s, filled)) = self.upsert_file(entry, chunks)? {
+                    let idx = staged.len();
+                    let mut off = 0;
+                    for c in &s.chunks {
+                        if !filled.contains(&off) {
+                            let src = self
+                                .locs
+                                .get(&c.hash)
+                                .and_then(|l| Some((l.clone(), self.trusted_stat(&l.path)?)));
+                            match src {
+                                Some((src, stat)) => copies.push(Copy {
+                                    idx,
+                                    off,
+                                    hash: c.hash,
+                                    src,
+                                    stat,
+                                }),
+                                None => need.add(c.hash, idx, off),
+                            }
+                        }
+                        off += c.len as u64;
+                    }
+                    staged.push(s);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// [`Op::Move`] of a file: rename `from` to `entry` when `from` is a file this sink wrote,
+    /// unchanged since, with the same content. `Ok(false)` (nothing done) when it cannot serve.
+    /// The file keeps its inode, so copies planned earlier from either path fail their `stat`
+    /// check and travel instead of reading the wrong bytes.
+    fn move_file(&mut self, from: &str, entry: &Entry) -> Result<bool> {
+        let EntryKind::File {
+            mode,
+            mtime_ns,
+            digest,
+            ..
+        } = entry.kind
+        else {
+            return Ok(false);
+        };
+        let Some(rec) = self.records.get(from).filter(|r| {
+            from != entry.path
+                && !r.dirty
+                && matches!(&r.rec.entry.kind, EntryKind::File { digest: d, .. } if *d == digest)
+        }) else {
+            return Ok(false);
+        };
+        let (recorded, chunks) = (rec.rec.stat, rec.rec.chunks.clone());
+        let Some(src) = self.root.existing(from)? else {
+            return Ok(false);
+        };
+        // Never through a symlink that replaced the file since.
+        let Ok(f) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&src)
+        else {
+            return Ok(false);
+        };
+        match f.metadata() {
+            Ok(m) if m.is_file() && stat_of(&m) == recorded => {}
+            _ => return Ok(false),
+        }
+        let dst = self.root.prepare_parent(&entry.path)?;
+        if let Ok(m) = fs::symlink_metadata(&dst) {
+            if m.is_dir() {
+                self.clear_for(&entry.path, &dst, &m)?;
+            }
+        }
+        set_meta_fd(&f, &src, mode, mtime_ns)?;
+        fs::rename(&src, &dst).ctx("rename into place", &dst)?;
+        let stat = stat_of(&f.metadata().ctx("stat", &dst)?);
+        self.unrecord(from);
+        self.stats.files_written += 1;
+        self.record(entry.clone(), chunks, stat);
+        Ok(true)
+    }
+
+    /// [`Op::Move`] of a directory: rename `from` to `entry` when `from` is a directory this
+    /// sink wrote holding nothing but what it wrote, all unchanged since, and nothing is at
+    /// `entry` yet; its records follow it. `Ok(false)` (nothing done) otherwise.
+    fn move_dir(&mut self, from: &str, entry: &Entry) -> Result<bool> {
+        let to = entry.path.as_str();
+        if paths::within(to, from)
+            || paths::within(from, to)
+            || !self
+                .records
+                .get(from)
+                .is_some_and(|r| !r.dirty && matches!(r.rec.entry.kind, EntryKind::Dir))
+        {
+            return Ok(false);
+        }
+        let prefix = format!("{from}/");
+        let mut under = Vec::new();
+        for (p, r) in self
+            .records
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+        {
+            if r.dirty {
+                return Ok(false); // changed on this side since
+            }
+            under.push(p.clone());
+        }
+        let Some(src) = self.root.existing(from)? else {
+            return Ok(false);
+        };
+        match fs::symlink_metadata(&src) {
+            Ok(m) if m.is_dir() => {}
+            _ => return Ok(false),
+        }
+        // A file created on this side would move along: not for mtr to move.
+        if self.first_foreign(from, &src)?.is_some() {
+            return Ok(false);
+        }
+        // Nor a symlink that would point out of the tree from its new depth.
+        if self.opts.contain_symlinks {
+            let floor = usize::from(self.opts.confine_to.is_some());
+            let escapes = under.iter().any(|p| match &self.records[p].rec.entry.kind {
+                EntryKind::Symlink { target } => {
+                    let moved = format!("{to}{}", &p[from.len()..]);
+                    paths::check_symlink_target(&moved, target, floor).is_err()
+                }
+                _ => false,
+            });
+            if escapes {
+                return Ok(false);
+            }
+        }
+        let dst = self.root.prepare_parent(to)?;
+        if fs::symlink_metadata(&dst).is_ok() {
+            return Ok(false);
+        }
+        fs::rename(&src, &dst).ctx("rename into place", &dst)?;
+        // Renaming a directory leaves the stat of what is under it as it was.
+        for p in under {
+            self.forget_locs(&p);
+            let Some(r) = self.records.remove(&p) else {
+                continue;
+            };
+            let path = format!("{to}{}", &p[from.len()..]);
+            self.record(
+                Entry {
+                    path,
+                    kind: r.rec.entry.kind,
+                },
+                r.rec.chunks,
+                r.rec.stat,
+            );
+        }
+        self.unrecord(from);
+        self.record(entry.clone(), Vec::new(), StatKey::default());
+        Ok(true)
+    }
+
     fn batch<R: Read, W: Write>(
         &mut self,
         ops: Vec<Op>,
@@ -815,30 +1012,23 @@ impl Sink {
                 Op::Upsert { entry, chunks } => {
                     self.admit(&entry.path)?;
                     self.changes += 1;
-                    match entry.kind.clone() {
-                        EntryKind::Dir => self.upsert_dir(entry)?,
-                        EntryKind::Symlink { target } => self.upsert_symlink(entry, &target)?,
-                        EntryKind::File { .. } => {
-                            if let Some((s, filled)) = self.upsert_file(entry, chunks)? {
-                                let idx = staged.len();
-                                let mut off = 0;
-                                for c in &s.chunks {
-                                    if !filled.contains(&off) {
-                                        match self.locs.get(&c.hash) {
-                                            Some(loc) => copies.push(Copy {
-                                                idx,
-                                                off,
-                                                hash: c.hash,
-                                                src: loc.clone(),
-                                            }),
-                                            None => need.add(c.hash, idx, off),
-                                        }
-                                    }
-                                    off += c.len as u64;
-                                }
-                                staged.push(s);
-                            }
-                        }
+                    self.upsert(entry, chunks, &mut staged, &mut need, &mut copies)?;
+                }
+                Op::Move {
+                    from,
+                    entry,
+                    chunks,
+                } => {
+                    self.admit(&from)?;
+                    self.admit(&entry.path)?;
+                    self.changes += 1;
+                    let moved = match &entry.kind {
+                        EntryKind::Dir => self.move_dir(&from, &entry)?,
+                        EntryKind::File { .. } => self.move_file(&from, &entry)?,
+                        EntryKind::Symlink { .. } => false,
+                    };
+                    if !moved {
+                        self.upsert(entry, chunks, &mut staged, &mut need, &mut copies)?;
                     }
                 }
             }
@@ -851,8 +1041,25 @@ impl Sink {
         if !staged.is_empty() {
             progress.phase("receive", staged.iter().map(|s| s.size()).sum());
         }
-        let failed = self.copy_local(&staged, copies, progress)?;
-        self.receive(&staged, &mut need.waiting, r, progress)?;
+        // Local copies run on a thread of their own while the missing chunks arrive.
+        let root = self.root.clone();
+        let (copied, received) = std::thread::scope(|scope| {
+            let staged = &staged;
+            let copier = scope.spawn(move || copy_local(&root, staged, copies, progress));
+            let received = self.receive(staged, &mut need.waiting, r, progress);
+            let copied = copier
+                .join()
+                .unwrap_or_else(|_| Err(Error::Protocol("the copy thread panicked".into())));
+            (copied, received)
+        });
+        let Copied {
+            bytes,
+            failed,
+            stale,
+        } = copied?;
+        received?;
+        self.stats.bytes_copied_locally += bytes;
+        self.distrust(stale);
         if !failed.is_empty() {
             // A copy source changed under us: those chunks travel after all.
             let mut again = Need::default();
@@ -871,63 +1078,18 @@ impl Sink {
         Ok(())
     }
 
-    /// Copy chunks the sink already holds into the staged files, merging runs that are
-    /// contiguous on both sides into one `copy_file_range`. A source whose `stat` no longer
-    /// matches the index is not trusted: its copies are returned to be requested instead.
-    fn copy_local(
-        &mut self,
-        staged: &[Staged],
-        mut copies: Vec<Copy>,
-        progress: &dyn Progress,
-    ) -> Result<Vec<Copy>> {
-        copies.sort_by_key(|c| (c.idx, c.off));
-        let mut sources: HashMap<String, Option<File>> = HashMap::new();
-        let mut failed = Vec::new();
-        let mut i = 0;
-        while i < copies.len() {
-            let first = &copies[i];
-            let mut j = i + 1;
-            let mut len = first.src.len as u64;
-            while j < copies.len()
-                && copies[j].idx == first.idx
-                && copies[j].src.path == first.src.path
-                && copies[j].off == first.off + len
-                && copies[j].src.offset == first.src.offset + len
-            {
-                len += copies[j].src.len as u64;
-                j += 1;
-            }
-            let src = sources.entry(first.src.path.clone()).or_insert_with(|| {
-                let stat = self.trusted_stat(&first.src.path)?;
-                let abs = self.root.existing(&first.src.path).ok().flatten()?;
-                let f = File::open(&abs).ok()?;
-                let m = f.metadata().ok()?;
-                (m.is_file() && stat_of(&m) == stat).then_some(f)
-            });
-            let dst = &staged[first.idx];
-            let ok = match src {
-                Some(f) => copy_range(f, first.src.offset, &dst.file, first.off, len)
-                    .ctx("copy into", &dst.tmp)?,
-                None => false,
-            };
-            if ok {
-                self.stats.bytes_copied_locally += len;
-                progress.advance(len);
-            } else {
-                failed.extend(copies[i..j].iter().cloned());
-            }
-            i = j;
-        }
-        for (path, f) in &sources {
-            if f.is_none() {
-                if let Some(r) = self.records.get_mut(path) {
+    /// After [`copy_local`]: sources found changed are no longer trusted (their records are
+    /// dirty, their chunks no longer located there).
+    fn distrust(&mut self, stale: Vec<(String, StatKey)>) {
+        for (path, stat) in stale {
+            if self.trusted_stat(&path) == Some(stat) {
+                if let Some(r) = self.records.get_mut(&path) {
                     r.dirty = true;
                 }
-                self.forget_locs(path);
-                self.seeds.remove(path);
+                self.forget_locs(&path);
+                self.seeds.remove(&path);
             }
         }
-        Ok(failed)
     }
 
     fn delete(&mut self, path: &str) -> Result<()> {
@@ -1039,6 +1201,12 @@ impl Sink {
             !r.dirty
                 && matches!(&r.rec.entry.kind, EntryKind::File { digest: d, .. } if *d == digest)
         });
+        if let Some(r) = recorded.filter(|r| r.rec.entry.kind == entry.kind) {
+            // Exactly as recorded (a directory moved with it, say): nothing to write.
+            let (chunks, stat) = (r.rec.chunks.clone(), r.rec.stat);
+            self.record(entry, chunks, stat);
+            return Ok(None);
+        }
         let have = match recorded {
             Some(r) => Some(r.rec.chunks.clone()),
             // A file found here with this content already: adopt it.
@@ -1118,11 +1286,20 @@ impl Sink {
             }
         };
         file.set_len(size).ctx("allocate", &tmp)?;
+        let starts = chunks
+            .iter()
+            .scan(0u64, |off, c| {
+                let at = *off;
+                *off += c.len as u64;
+                Some(at)
+            })
+            .collect();
         Ok(Some((
             Staged {
                 path: entry.path.clone(),
                 entry: entry.kind.clone(),
                 chunks,
+                starts,
                 tmp,
                 file,
             },
@@ -1130,7 +1307,8 @@ impl Sink {
         )))
     }
 
-    /// Receive the data frames of a batch until `DataEnd`.
+    /// Receive the data frames of a batch until `DataEnd`. This thread reads; workers decode,
+    /// verify and write, so decompression and hashing run on every core.
     fn receive<R: Read>(
         &mut self,
         staged: &[Staged],
@@ -1138,54 +1316,61 @@ impl Sink {
         r: &mut FrameReader<R>,
         progress: &dyn Progress,
     ) -> Result<()> {
-        loop {
-            match r.frame::<ToSink>()? {
-                Some(Frame::Data(d)) => {
-                    let targets = need.remove(&d.hash).ok_or_else(|| {
-                        Error::Protocol(format!("unrequested chunk {}", hex(&d.hash[..8])))
-                    })?;
-                    self.payload_received += d.payload.len() as u64;
-                    let raw = if d.compressed {
-                        compress::decompress(&d.payload, d.raw_len)?
-                    } else {
-                        if d.payload.len() != d.raw_len as usize {
-                            return Err(Error::Protocol("raw chunk length mismatch".into()));
-                        }
-                        d.payload
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let failure: Mutex<Option<Error>> = Mutex::new(None);
+        let stored = AtomicU64::new(0);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(DataFrame, Vec<(usize, u64)>)>(2 * workers);
+        let (mut tx, rx) = (Some(tx), Mutex::new(rx));
+        let read = std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| loop {
+                    let job = rx.lock().expect("receiver lock").recv();
+                    let Ok((d, targets)) = job else {
+                        return;
                     };
-                    if chunker::hash(&raw) != d.hash {
-                        return Err(Error::Protocol(format!(
-                            "chunk {} does not match its hash",
-                            hex(&d.hash[..8])
-                        )));
-                    }
-                    self.stats.bytes_received += raw.len() as u64;
-                    for (idx, off) in targets {
-                        let s = &staged[idx];
-                        let expect = chunk_len_at(&s.chunks, off);
-                        if expect != Some(raw.len() as u32) {
-                            return Err(Error::Protocol(format!(
-                                "chunk {} has the wrong length for {}",
-                                hex(&d.hash[..8]),
-                                s.path
-                            )));
+                    match store(staged, d, targets, progress) {
+                        Ok(n) => {
+                            stored.fetch_add(n, Ordering::Relaxed);
                         }
-                        s.file.write_all_at(&raw, off).ctx("write", &s.tmp)?;
-                        progress.advance(raw.len() as u64);
+                        Err(e) => {
+                            failure.lock().expect("failure lock").get_or_insert(e);
+                        }
                     }
+                });
+            }
+            let tx = tx.take().expect("one sender");
+            loop {
+                if failure.lock().expect("failure lock").is_some() {
+                    return Ok(());
                 }
-                Some(Frame::Msg(ToSink::DataEnd)) => break,
-                Some(Frame::Msg(m)) => {
-                    return Err(Error::Protocol(format!("expected chunk data, got {m:?}")))
-                }
-                None => {
-                    return Err(Error::Transport(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the peer closed the connection during a transfer",
-                    )))
+                match r.frame::<ToSink>()? {
+                    Some(Frame::Data(d)) => {
+                        let targets = need.remove(&d.hash).ok_or_else(|| {
+                            Error::Protocol(format!("unrequested chunk {}", hex(&d.hash[..8])))
+                        })?;
+                        self.payload_received += d.payload.len() as u64;
+                        if tx.send((d, targets)).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Some(Frame::Msg(ToSink::DataEnd)) => return Ok(()),
+                    Some(Frame::Msg(m)) => {
+                        return Err(Error::Protocol(format!("expected chunk data, got {m:?}")))
+                    }
+                    None => {
+                        return Err(Error::Transport(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the peer closed the connection during a transfer",
+                        )))
+                    }
                 }
             }
+        });
+        if let Some(e) = failure.into_inner().expect("failure lock") {
+            return Err(e);
         }
+        read?;
+        self.stats.bytes_received += stored.into_inner();
         if let Some(h) = need.keys().next() {
             return Err(Error::Protocol(format!(
                 "{} requested chunks were never sent (e.g. {})",
@@ -1210,12 +1395,22 @@ impl Sink {
         set_meta_fd(&s.file, &s.tmp, mode, mtime_ns)?;
         drop(s.file);
         let abs = self.root.prepare_parent(&s.path)?;
-        if let Ok(m) = fs::symlink_metadata(&abs) {
-            if m.is_dir() {
+        let replacing = match fs::symlink_metadata(&abs) {
+            Ok(m) if m.is_dir() => {
                 self.clear_for(&s.path, &abs, &m)?;
+                false
             }
+            Ok(_) => true,
+            Err(_) => false,
+        };
+        // Swapping leaves the old version in staging, freed in the background: a rename over
+        // it would free its blocks, and make ext4 allocate and flush the new file's, in the
+        // call.
+        if replacing && exchange(&s.tmp, &abs) {
+            self.trash.discard(s.tmp);
+        } else {
+            fs::rename(&s.tmp, &abs).ctx("rename into place", &abs)?;
         }
-        fs::rename(&s.tmp, &abs).ctx("rename into place", &abs)?;
         let stat = stat_of(&fs::symlink_metadata(&abs).ctx("stat", &abs)?);
         self.stats.files_written += 1;
         self.stats.bytes_written += size;
@@ -1255,10 +1450,156 @@ impl Sink {
         // Leftovers of interrupted runs that this sync did not need.
         if let Ok(rd) = fs::read_dir(&self.staging_dir) {
             for de in rd.flatten() {
-                let _ = fs::remove_file(de.path());
+                if !self.trash.holds(&de.path()) {
+                    let _ = fs::remove_file(de.path());
+                }
             }
         }
         Ok(token)
+    }
+}
+
+/// What [`copy_local`] did.
+#[derive(Default)]
+struct Copied {
+    bytes: u64,
+    /// Copies whose source changed: to be requested instead.
+    failed: Vec<Copy>,
+    /// The sources that changed, with the `stat` they were trusted at.
+    stale: Vec<(String, StatKey)>,
+}
+
+/// Copy chunks the sink already holds into the staged files, merging runs that are contiguous
+/// on both sides into one `copy_file_range`. Only I/O: it runs on a thread of its own while
+/// the missing chunks arrive. A source whose `stat` is no longer the one the copy was planned
+/// with is not read: its copies are returned to be requested instead.
+fn copy_local(
+    root: &Root,
+    staged: &[Staged],
+    mut copies: Vec<Copy>,
+    progress: &dyn Progress,
+) -> Result<Copied> {
+    copies.sort_by_key(|c| (c.idx, c.off));
+    let mut sources: HashMap<(String, StatKey), Option<File>> = HashMap::new();
+    let mut out = Copied::default();
+    let mut i = 0;
+    while i < copies.len() {
+        let first = &copies[i];
+        let mut j = i + 1;
+        let mut len = first.src.len as u64;
+        while j < copies.len()
+            && copies[j].idx == first.idx
+            && copies[j].src.path == first.src.path
+            && copies[j].stat == first.stat
+            && copies[j].off == first.off + len
+            && copies[j].src.offset == first.src.offset + len
+        {
+            len += copies[j].src.len as u64;
+            j += 1;
+        }
+        let key = (first.src.path.clone(), first.stat);
+        let src = sources.entry(key).or_insert_with(|| {
+            let abs = root.existing(&first.src.path).ok().flatten()?;
+            let f = File::open(&abs).ok()?;
+            let m = f.metadata().ok()?;
+            (m.is_file() && stat_of(&m) == first.stat).then_some(f)
+        });
+        let dst = &staged[first.idx];
+        let ok = match src {
+            Some(f) => copy_range(f, first.src.offset, &dst.file, first.off, len)
+                .ctx("copy into", &dst.tmp)?,
+            None => false,
+        };
+        if ok {
+            out.bytes += len;
+            progress.advance(len);
+        } else {
+            out.failed.extend(copies[i..j].iter().cloned());
+        }
+        i = j;
+    }
+    out.stale = sources
+        .into_iter()
+        .filter(|(_, f)| f.is_none())
+        .map(|(k, _)| k)
+        .collect();
+    Ok(out)
+}
+
+/// Files to remove, by a thread of their own: freeing a large file's blocks takes a while
+/// (a third of a second per GB on ext4), which need not hold up the session. The thread is
+/// joined when the sink is dropped.
+#[derive(Default)]
+struct Trash {
+    queue: Option<std::sync::mpsc::Sender<PathBuf>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+    paths: HashSet<PathBuf>,
+}
+
+impl Trash {
+    fn discard(&mut self, path: PathBuf) {
+        self.paths.insert(path.clone());
+        if self.queue.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+            self.worker = Some(std::thread::spawn(move || {
+                for p in rx {
+                    if let Err(e) = fs::remove_file(&p) {
+                        log::debug!("cannot remove {}: {e}", p.display());
+                    }
+                }
+            }));
+            self.queue = Some(tx);
+        }
+        if let Some(Err(e)) = self.queue.as_ref().map(|q| q.send(path)) {
+            let _ = fs::remove_file(e.0);
+        }
+    }
+
+    /// Whether `path` was discarded here (and is removed by the worker).
+    fn holds(&self, path: &Path) -> bool {
+        self.paths.contains(path)
+    }
+}
+
+impl Drop for Trash {
+    fn drop(&mut self) {
+        self.queue = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Rename `from` over `to` atomically swapping the two (`RENAME_EXCHANGE`), so `from` then
+/// holds what `to` held. False (nothing done) where the filesystem or OS cannot.
+fn exchange(from: &Path, to: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let (Ok(a), Ok(b)) = (
+            CString::new(from.as_os_str().as_bytes()),
+            CString::new(to.as_os_str().as_bytes()),
+        ) else {
+            return false;
+        };
+        // SAFETY: two NUL-terminated paths that outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                libc::AT_FDCWD,
+                a.as_ptr(),
+                libc::AT_FDCWD,
+                b.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        r == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (from, to);
+        false
     }
 }
 
@@ -1331,18 +1672,37 @@ fn copy_buffered(
     Ok(true)
 }
 
-fn chunk_len_at(chunks: &[ChunkSpec], off: u64) -> Option<u32> {
-    let mut o = 0u64;
-    for c in chunks {
-        if o == off {
-            return Some(c.len);
-        }
-        o += c.len as u64;
-        if o > off {
-            return None;
-        }
+/// Decode a received chunk, verify it against its hash, and only then write it where it
+/// goes (checking it has the length the file's chunk list says there). Returns its length.
+fn store(
+    staged: &[Staged],
+    d: DataFrame,
+    targets: Vec<(usize, u64)>,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let raw = match d.codec {
+        Codec::Raw if d.payload.len() == d.raw_len as usize => d.payload,
+        codec => compress::decompress(codec, &d.payload, d.raw_len)?,
+    };
+    if chunker::hash(&raw) != d.hash {
+        return Err(Error::Protocol(format!(
+            "chunk {} does not match its hash",
+            hex(&d.hash[..8])
+        )));
     }
-    None
+    for (idx, off) in targets {
+        let s = &staged[idx];
+        if s.len_at(off) != Some(raw.len() as u32) {
+            return Err(Error::Protocol(format!(
+                "chunk {} has the wrong length for {}",
+                hex(&d.hash[..8]),
+                s.path
+            )));
+        }
+        s.file.write_all_at(&raw, off).ctx("write", &s.tmp)?;
+        progress.advance(raw.len() as u64);
+    }
+    Ok(raw.len() as u64)
 }
 
 fn still_valid(root: &Root, path: &str, rec: &SinkRecord) -> bool {

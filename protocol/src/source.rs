@@ -6,12 +6,14 @@ use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{TryRecvError, TrySendError};
 
 use rayon::prelude::*;
 
 use crate::chunker::{self, Chunker};
 use crate::codec::{FrameReader, FrameWriter};
-use crate::compress;
+use crate::compress::{self, Codec};
 use crate::error::{Error, IoContext, Result};
 use crate::index;
 use crate::manifest::{self, diff, Manifest};
@@ -267,6 +269,8 @@ pub(crate) fn push<R: Read, W: Write>(
         return Ok(report);
     }
 
+    // Renamed paths are moved on the sink's side rather than rebuilt.
+    let moves = manifest::moves(&base, &tree.entries, &d, &force);
     let mut batches: Vec<Vec<Op>> = Vec::new();
     let (mut ops, mut files, mut bytes) = (Vec::new(), 0usize, 0u64);
     for (path, content) in &d.upserts {
@@ -279,12 +283,17 @@ pub(crate) fn push<R: Read, W: Write>(
             }
             _ => None,
         };
-        ops.push(Op::Upsert {
-            entry: Entry {
-                path: path.clone(),
-                kind,
+        let entry = Entry {
+            path: path.clone(),
+            kind,
+        };
+        ops.push(match moves.get(path) {
+            Some(from) => Op::Move {
+                from: from.clone(),
+                entry,
+                chunks,
             },
-            chunks,
+            None => Op::Upsert { entry, chunks },
         });
         if ops.len() >= BATCH_OPS || files >= BATCH_FILES || bytes >= BATCH_BYTES {
             batches.push(std::mem::take(&mut ops));
@@ -315,6 +324,7 @@ pub(crate) fn push<R: Read, W: Write>(
         })
         .sum();
     progress.phase("send", total);
+    let pace = Pace::new();
     for batch in batches {
         let locs: HashMap<Hash, (String, u64, u32)> = batch
             .iter()
@@ -322,6 +332,11 @@ pub(crate) fn push<R: Read, W: Write>(
                 Op::Upsert {
                     entry,
                     chunks: Some(_),
+                }
+                | Op::Move {
+                    entry,
+                    chunks: Some(_),
+                    ..
                 } => Some(entry.path.as_str()),
                 _ => None,
             })
@@ -341,6 +356,15 @@ pub(crate) fn push<R: Read, W: Write>(
                             ..
                         },
                     chunks: Some(_),
+                }
+                | Op::Move {
+                    entry:
+                        Entry {
+                            kind: EntryKind::File { size, .. },
+                            ..
+                        },
+                    chunks: Some(_),
+                    ..
                 } => Some(*size),
                 _ => None,
             })
@@ -366,6 +390,7 @@ pub(crate) fn push<R: Read, W: Write>(
                 &mut report,
                 progress,
                 &mut sent_raw,
+                &pace,
             )?;
             w.msg(&ToSink::DataEnd)?;
             w.flush()?;
@@ -428,7 +453,7 @@ fn list_index<R: Read, W: Write>(
 
 struct Prepared {
     hash: Hash,
-    compressed: bool,
+    codec: Codec,
     raw_len: u32,
     payload: Vec<u8>,
 }
@@ -445,6 +470,7 @@ fn send_chunks<W: Write>(
     report: &mut Report,
     progress: &dyn Progress,
     sent_raw: &mut u64,
+    pace: &Pace,
 ) -> Result<()> {
     for h in hashes {
         if !locs.contains_key(h) {
@@ -457,16 +483,41 @@ fn send_chunks<W: Write>(
     std::thread::scope(|s| {
         s.spawn(move || {
             for window in hashes.chunks(WINDOW) {
-                let prepared = prepare_window(origin, entries, window, locs);
+                let prepared = prepare_window(origin, entries, window, locs, pace.costly());
                 let failed = prepared.is_err();
-                if tx.send(prepared).is_err() || failed {
+                let sent = match tx.try_send(prepared) {
+                    Ok(()) => Ok(()),
+                    Err(TrySendError::Full(p)) => {
+                        // Ahead of the writer: the link holds the transfer back.
+                        pace.set_costly(true);
+                        tx.send(p).map_err(drop)
+                    }
+                    Err(TrySendError::Disconnected(_)) => Err(()),
+                };
+                if sent.is_err() || failed {
                     return;
                 }
             }
         });
-        for prepared in rx {
+        let mut first = true;
+        loop {
+            let prepared = match rx.try_recv() {
+                Ok(p) => p,
+                Err(TryRecvError::Empty) => {
+                    // The writer waits for chunks: the CPU holds the transfer back.
+                    if !first {
+                        pace.set_costly(false);
+                    }
+                    match rx.recv() {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    }
+                }
+                Err(TryRecvError::Disconnected) => break,
+            };
+            first = false;
             for p in prepared? {
-                w.data(&p.hash, p.compressed, p.raw_len, &p.payload)?;
+                w.data(&p.hash, p.codec, p.raw_len, &p.payload)?;
                 report.chunks_sent += 1;
                 report.raw_bytes_sent += p.raw_len as u64;
                 report.payload_bytes_sent += p.payload.len() as u64;
@@ -478,6 +529,24 @@ fn send_chunks<W: Write>(
     })
 }
 
+/// Whether the costly codecs ([`compress::Codec::Shuffle16`]: CPU for a sixth of fp16's size)
+/// pay: they do while the link holds the transfer back (chunks are ready before the writer
+/// can take them), not while the CPU does (the writer waits for chunks). Starts on: a first
+/// sync over a real network is link-bound.
+struct Pace(AtomicBool);
+
+impl Pace {
+    fn new() -> Pace {
+        Pace(AtomicBool::new(true))
+    }
+    fn costly(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn set_costly(&self, on: bool) {
+        self.0.store(on, Ordering::Relaxed)
+    }
+}
+
 /// Read and compress one window of chunks. Files are checked against the scan before and
 /// after reading (size and mtime), so a file changed mid-sync is reported, not sent torn; the
 /// sink verifies every chunk's hash besides.
@@ -486,6 +555,7 @@ fn prepare_window(
     entries: &Manifest,
     window: &[Hash],
     locs: &HashMap<Hash, (String, u64, u32)>,
+    costly: bool,
 ) -> Result<Vec<Prepared>> {
     let unchanged = |p: &str, f: &std::fs::File| -> Result<()> {
         let abs = origin.file(p);
@@ -518,19 +588,13 @@ fn prepare_window(
             files[p.as_str()]
                 .read_exact_at(&mut raw, *off)
                 .map_err(|_| Error::Changed(origin.file(p)))?;
-            Ok(match compress::compress(&raw) {
-                Some(c) => Prepared {
-                    hash: *h,
-                    compressed: true,
-                    raw_len: *len,
-                    payload: c,
-                },
-                None => Prepared {
-                    hash: *h,
-                    compressed: false,
-                    raw_len: *len,
-                    payload: raw,
-                },
+            let (codec, payload) =
+                compress::compress_with(&raw, costly).unwrap_or((Codec::Raw, raw));
+            Ok(Prepared {
+                hash: *h,
+                codec,
+                raw_len: *len,
+                payload,
             })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol and of the persisted formats. Both peers must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Written by the agent on stdout before any frame, so the client can skip shell noise that a
 /// login script printed before the agent started.
@@ -51,6 +51,16 @@ pub enum Op {
     /// Create or update `entry`. For files whose content the sink may not hold, `chunks` lists
     /// the chunks in order; `None` means "content unchanged, update metadata".
     Upsert {
+        entry: Entry,
+        chunks: Option<Vec<ChunkSpec>>,
+    },
+    /// Create `entry` by renaming `from`, a path the sink holds that the same sync deletes (a
+    /// rename on the source's side): a file of the same content, or a directory whose every
+    /// path has a counterpart under `entry` (what differs follows as ops of its own). When
+    /// `from` cannot serve (changed on the sink's side, or holding files mtr did not write)
+    /// this is an `Upsert` of `entry` with `chunks`, and `from` is left for its `Delete`.
+    Move {
+        from: String,
         entry: Entry,
         chunks: Option<Vec<ChunkSpec>>,
     },
@@ -186,7 +196,7 @@ pub struct SinkRecord {
 }
 
 /// The fields of `stat` that tell whether a file changed since it was recorded.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct StatKey {
     pub size: u64,
     pub mtime_ns: i64,

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use protocol::chunker::{self, Chunker};
 use protocol::codec::{FrameReader, FrameWriter};
+use protocol::compress::Codec;
 use protocol::get::{self, ReceiveConfig, Received, Request};
 use protocol::scan::NoProgress;
 use protocol::wire::{
@@ -386,6 +387,29 @@ fn symlinks_out_of_the_destination_are_skipped_with_a_warning() {
 }
 
 #[test]
+fn a_moved_directory_never_carries_a_symlink_out_of_the_destination() {
+    let s = Setup::new();
+    let r = s.remote("links");
+    fs::create_dir_all(r.join("deep/sub")).unwrap();
+    fs::write(r.join("deep/sub/f"), random(50_000, 3)).unwrap();
+    fs::write(r.join("x"), "x").unwrap();
+    // Inside the destination from here (to links/x), out of it one level up.
+    symlink("../../x", r.join("deep/sub/link")).unwrap();
+    s.get_ok(r.to_str().unwrap(), "links");
+    let local = s.local("links");
+    assert!(fs::symlink_metadata(local.join("deep/sub/link")).is_ok());
+    fs::rename(r.join("deep/sub"), r.join("sub")).unwrap();
+    let got = s.get_ok(r.to_str().unwrap(), "links");
+    assert!(
+        fs::symlink_metadata(local.join("sub/link")).is_err(),
+        "a moved symlink now points out of the destination"
+    );
+    assert!(got.warnings.iter().any(|w| w.contains("sub/link")));
+    assert_eq!(fs::read(local.join("sub/f")).unwrap(), random(50_000, 3));
+    assert!(!local.join("deep/sub").exists());
+}
+
+#[test]
 fn dry_run_lists_local_changes_and_writes_nothing() {
     let s = Setup::new();
     let r = s.remote("out");
@@ -477,7 +501,7 @@ fn hostile(dest: &Path, state: &Path, ops: Vec<Op>, data: &[u8]) -> String {
                 for h in hashes {
                     let c = chunks.iter().find(|c| c.hash == h).unwrap();
                     let raw = &data[c.offset as usize..][..c.len as usize];
-                    w.data(&h, false, c.len, raw).unwrap();
+                    w.data(&h, Codec::Raw, c.len, raw).unwrap();
                 }
                 w.msg(&ToSink::DataEnd).unwrap();
                 w.flush().unwrap();

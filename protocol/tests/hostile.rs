@@ -9,6 +9,7 @@ use std::path::Path;
 
 use protocol::chunker::{self, Chunker};
 use protocol::codec::{FrameReader, FrameWriter};
+use protocol::compress::Codec;
 use protocol::source;
 use protocol::wire::{ChunkSpec, Entry, EntryKind, FromSink, Op, ToSink};
 
@@ -156,7 +157,7 @@ fn corrupt_and_unrequested_chunks_are_refused() {
             p.r.msg::<FromSink>().unwrap(),
             FromSink::Need { .. }
         ));
-        p.w.data(&hash, false, payload.len() as u32, &payload)
+        p.w.data(&hash, Codec::Raw, payload.len() as u32, &payload)
             .unwrap();
         p.w.msg(&ToSink::DataEnd).unwrap();
         p.w.flush().unwrap();
@@ -208,8 +209,13 @@ fn an_interrupted_transfer_leaves_no_partial_file_and_is_resumed() {
     let mut sent = 0;
     for ch in &c {
         if sent < hashes.len() / 2 {
-            p.w.data(&ch.hash, false, ch.len, &data[off..off + ch.len as usize])
-                .unwrap();
+            p.w.data(
+                &ch.hash,
+                Codec::Raw,
+                ch.len,
+                &data[off..off + ch.len as usize],
+            )
+            .unwrap();
             sent += 1;
         }
         off += ch.len as usize;
@@ -249,8 +255,13 @@ fn an_interrupted_transfer_leaves_no_partial_file_and_is_resumed() {
     let mut off = 0usize;
     for ch in &c {
         if again.contains(&ch.hash) {
-            p.w.data(&ch.hash, false, ch.len, &data[off..off + ch.len as usize])
-                .unwrap();
+            p.w.data(
+                &ch.hash,
+                Codec::Raw,
+                ch.len,
+                &data[off..off + ch.len as usize],
+            )
+            .unwrap();
         }
         off += ch.len as usize;
     }
@@ -290,8 +301,13 @@ fn run_batch(p: &mut Peer, ops: Vec<Op>, data: &[u8], chunks: &[ChunkSpec]) -> V
                 let mut off = 0usize;
                 for ch in chunks {
                     if hashes.contains(&ch.hash) {
-                        p.w.data(&ch.hash, false, ch.len, &data[off..off + ch.len as usize])
-                            .unwrap();
+                        p.w.data(
+                            &ch.hash,
+                            Codec::Raw,
+                            ch.len,
+                            &data[off..off + ch.len as usize],
+                        )
+                        .unwrap();
                     }
                     off += ch.len as usize;
                 }
@@ -356,4 +372,159 @@ fn a_copy_source_changed_during_the_session_is_requested_instead() {
         fs::read(root.path().join("a.bin")).unwrap(),
         b"changed by the remote job"
     );
+}
+
+/// Run `ops` to completion (answering `Need` with nothing) and commit; the sink must not fail.
+fn applied(root: &Path, ops: Vec<Op>) {
+    let mut p = connect(root);
+    p.w.msg(&ToSink::Ops { ops }).unwrap();
+    p.w.flush().unwrap();
+    loop {
+        match p.r.msg::<FromSink>().unwrap() {
+            FromSink::Need { hashes } => {
+                assert!(hashes.is_empty(), "the sink wanted data");
+                p.w.msg(&ToSink::DataEnd).unwrap();
+                p.w.flush().unwrap();
+            }
+            FromSink::BatchDone => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    p.w.msg(&ToSink::Commit).unwrap();
+    p.w.msg(&ToSink::Bye).unwrap();
+    p.w.flush().unwrap();
+    assert!(matches!(
+        p.r.msg::<FromSink>().unwrap(),
+        FromSink::Committed { .. }
+    ));
+    drop(p.w);
+    p.sink.join().unwrap().unwrap();
+}
+
+#[test]
+fn moves_from_unsafe_or_foreign_paths_move_nothing() {
+    let outside = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret");
+    fs::write(&secret, b"secret").unwrap();
+    let (e, c) = file_entry("stolen", b"secret");
+    for from in [secret.to_str().unwrap().to_string(), "../secret".into()] {
+        let msg = refused(
+            root.path(),
+            vec![Op::Move {
+                from: from.clone(),
+                entry: e.clone(),
+                chunks: Some(c.clone()),
+            }],
+        );
+        assert!(msg.contains("unsafe path"), "{from}: {msg}");
+    }
+    assert_eq!(fs::read(&secret).unwrap(), b"secret");
+    // A file the sink did not write (same content, even) is never moved: the data is asked
+    // for instead.
+    fs::write(root.path().join("theirs"), b"secret").unwrap();
+    let msg = refused(
+        root.path(),
+        vec![Op::Move {
+            from: "theirs".into(),
+            entry: e.clone(),
+            chunks: Some(c.clone()),
+        }],
+    );
+    assert!(msg.contains("never sent"), "{msg}");
+    assert_eq!(fs::read(root.path().join("theirs")).unwrap(), b"secret");
+    // A directory: into itself, or one the sink did not write.
+    fs::create_dir(root.path().join("theirs_dir")).unwrap();
+    fs::write(root.path().join("theirs_dir/x"), b"x").unwrap();
+    let dir = |path: &str| Entry {
+        path: path.into(),
+        kind: EntryKind::Dir,
+    };
+    applied(
+        root.path(),
+        vec![
+            Op::Move {
+                from: "theirs_dir".into(),
+                entry: dir("moved"),
+                chunks: None,
+            },
+            Op::Upsert {
+                entry: dir("mine"),
+                chunks: None,
+            },
+            Op::Move {
+                from: "mine".into(),
+                entry: dir("mine/inner"),
+                chunks: None,
+            },
+        ],
+    );
+    assert_eq!(fs::read(root.path().join("theirs_dir/x")).unwrap(), b"x");
+    assert!(root.path().join("moved").is_dir());
+    assert!(!root.path().join("moved/x").exists());
+    assert!(root.path().join("mine/inner").is_dir());
+}
+
+#[test]
+fn corrupt_shuffled_chunks_and_unknown_codecs_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    // Like half floats: few values in the high bytes (5.5 bits), noise in the low ones.
+    let mut x = 88172645463325252u64;
+    let data: Vec<u8> = (0..40_000)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if i % 2 == 1 {
+                (x % 45) as u8
+            } else {
+                x as u8
+            }
+        })
+        .collect();
+    let (codec, good) = protocol::compress::compress(&data).unwrap();
+    assert_eq!(codec, Codec::Shuffle16);
+    let (e, c) = file_entry("w.bin", &data);
+    assert_eq!(c.len(), 1);
+    let mut flipped = good.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1; // in the raw plane: only the hash can tell
+    let mut short = good.clone();
+    short.pop();
+    for payload in [flipped, short] {
+        let mut p = connect(root.path());
+        p.w.msg(&ToSink::Ops {
+            ops: vec![Op::Upsert {
+                entry: e.clone(),
+                chunks: Some(c.clone()),
+            }],
+        })
+        .unwrap();
+        p.w.flush().unwrap();
+        assert!(matches!(
+            p.r.msg::<FromSink>().unwrap(),
+            FromSink::Need { .. }
+        ));
+        p.w.data(&c[0].hash, Codec::Shuffle16, c[0].len, &payload)
+            .unwrap();
+        p.w.msg(&ToSink::DataEnd).unwrap();
+        p.w.flush().unwrap();
+        match p.r.msg::<FromSink>().unwrap() {
+            FromSink::Error { message } => assert!(message.contains("chunk"), "{message}"),
+            other => panic!("accepted: {other:?}"),
+        }
+        drop(p.w);
+        assert!(p.sink.join().unwrap().is_err());
+        assert!(!root.path().join("w.bin").exists());
+    }
+    // A codec byte no version defines.
+    let mut frame = Vec::new();
+    {
+        let mut w = FrameWriter::new(&mut frame);
+        w.data(&c[0].hash, Codec::Raw, 4, b"abcd").unwrap();
+        w.flush().unwrap();
+    }
+    frame[4 + 1 + 32] = 9;
+    let err = FrameReader::new(&frame[..]).frame::<ToSink>().unwrap_err();
+    assert!(err.to_string().contains("codec"), "{err}");
 }

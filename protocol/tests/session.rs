@@ -372,3 +372,190 @@ fn copies_and_duplicates_travel_once() {
     let r = p.sync();
     assert_eq!(r.raw_bytes_sent, 0);
 }
+
+/// Inode numbers of the regular files under `root`, by relative path.
+fn inodes(root: &Path) -> BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    walk_files(root)
+        .into_iter()
+        .map(|p| {
+            let ino = fs::metadata(&p).unwrap().ino();
+            let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_string();
+            (rel, ino)
+        })
+        .collect()
+}
+
+#[test]
+fn a_renamed_directory_is_moved_on_the_sink_without_data() {
+    let p = Pair::new();
+    let mut rng = Rng(11);
+    let s = p.src();
+    for d in ["vendored/a", "vendored/b/c", "vendored/empty"] {
+        fs::create_dir_all(s.join(d)).unwrap();
+    }
+    for i in 0..30 {
+        let d = ["vendored", "vendored/a", "vendored/b/c"][i % 3];
+        fs::write(
+            s.join(d).join(format!("m{i}.py")),
+            rng.bytes(5000 + i * 300),
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink("a/m1.py", s.join("vendored/link")).unwrap();
+    fs::write(s.join("other.py"), "x").unwrap();
+    age_files(s);
+    // Files changed (ctime) just before a scan are read again by the next one, on purpose.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    p.sync();
+    let before = inodes(&p.dst().join("vendored"));
+
+    fs::rename(s.join("vendored"), s.join("vendored_v2")).unwrap();
+    let r = p.sync();
+    assert_eq!(r.raw_bytes_sent, 0, "a renamed directory resent data");
+    assert_eq!(
+        r.sink.bytes_copied_locally, 0,
+        "a renamed directory was copied, not moved"
+    );
+    assert_eq!(r.files_hashed, 0, "moved files were read again locally");
+    assert_eq!(
+        inodes(&p.dst().join("vendored_v2")),
+        before,
+        "the sink rebuilt files instead of moving them"
+    );
+    let r = p.sync();
+    assert!(r.no_op, "moved records went stale: {:?}", r.plan);
+
+    // Renamed back, with edits: one file changed, one added, one deleted.
+    fs::rename(s.join("vendored_v2"), s.join("vendored")).unwrap();
+    fs::write(s.join("vendored/a/m1.py"), "changed").unwrap();
+    fs::write(s.join("vendored/b/new.py"), "new").unwrap();
+    fs::remove_file(s.join("vendored/m0.py")).unwrap();
+    let r = p.sync();
+    assert_eq!(r.sink.bytes_copied_locally, 0, "{:?}", r.sink);
+    assert!(r.raw_bytes_sent < 100, "{} bytes sent", r.raw_bytes_sent);
+    assert!(p.sync().no_op);
+}
+
+#[test]
+fn renamed_files_are_moved_and_swapped_contents_stay_right() {
+    let p = Pair::new();
+    let mut rng = Rng(12);
+    let s = p.src();
+    fs::create_dir_all(s.join("ckpt")).unwrap();
+    let (a, b) = (rng.bytes(300_000), rng.bytes(200_000));
+    fs::write(s.join("ckpt/a.bin"), &a).unwrap();
+    fs::write(s.join("ckpt/b.bin"), &b).unwrap();
+    fs::write(s.join("c.bin"), &a).unwrap();
+    age_files(s);
+    p.sync();
+    let ino = inodes(p.dst())["ckpt/a.bin"];
+    // A file moved to another directory and renamed; a copy of it stays.
+    fs::create_dir_all(s.join("best")).unwrap();
+    fs::rename(s.join("ckpt/a.bin"), s.join("best/model.bin")).unwrap();
+    let r = p.sync();
+    assert_eq!(r.raw_bytes_sent, 0);
+    assert_eq!(r.sink.bytes_copied_locally, 0, "{:?}", r.sink);
+    assert_eq!(inodes(p.dst())["best/model.bin"], ino);
+    // Two files swap contents (each is the other's rename): nothing moves onto a file whose
+    // old content another file still needs.
+    let tmp = s.join("tmp.bin");
+    fs::rename(s.join("ckpt/b.bin"), &tmp).unwrap();
+    fs::rename(s.join("best/model.bin"), s.join("ckpt/b.bin")).unwrap();
+    fs::rename(&tmp, s.join("best/model.bin")).unwrap();
+    let r = p.sync();
+    assert_eq!(r.raw_bytes_sent, 0);
+    assert!(p.sync().no_op);
+}
+
+#[test]
+fn a_directory_holding_remote_files_is_not_moved_and_they_stay() {
+    let p = Pair::new();
+    let s = p.src();
+    fs::create_dir_all(s.join("data")).unwrap();
+    let payload = Rng(13).bytes(100_000);
+    fs::write(s.join("data/x.bin"), &payload).unwrap();
+    age_files(s);
+    p.sync();
+    fs::write(p.dst().join("data/remote.log"), "written by a job").unwrap();
+    fs::rename(s.join("data"), s.join("data2")).unwrap();
+    let r = p.try_sync(false).unwrap();
+    assert_eq!(r.raw_bytes_sent, 0);
+    assert_eq!(
+        fs::read(p.dst().join("data/remote.log")).unwrap(),
+        b"written by a job"
+    );
+    assert_eq!(fs::read(p.dst().join("data2/x.bin")).unwrap(), payload);
+    assert!(!p.dst().join("data/x.bin").exists());
+    assert!(!p.dst().join("data2/remote.log").exists());
+}
+
+#[test]
+fn a_moved_file_changed_on_the_sink_is_sent_again() {
+    let p = Pair::new();
+    let s = p.src();
+    fs::write(s.join("a.bin"), Rng(14).bytes(100_000)).unwrap();
+    age_files(s);
+    p.sync();
+    fs::write(p.dst().join("a.bin"), "changed remotely").unwrap();
+    fs::rename(s.join("a.bin"), s.join("b.bin")).unwrap();
+    let r = p.sync();
+    assert!(r.raw_bytes_sent >= 100_000, "{}", r.raw_bytes_sent);
+}
+
+/// Half floats from N(0, 0.02²), as in a checkpoint.
+fn fp16_weights(len: usize, rng: &mut Rng) -> Vec<u8> {
+    let mut unit = || ((rng.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let g = (-2.0 * unit().ln()).sqrt() * (std::f64::consts::TAU * unit()).cos() * 0.02;
+        let bits = (g as f32).to_bits();
+        let exp = ((bits >> 23) & 0xff) as i32 - 112;
+        let half = ((bits >> 16) & 0x8000) as u16
+            | if exp > 0 {
+                ((exp as u16) << 10) | ((bits >> 13) & 0x3ff) as u16
+            } else {
+                0
+            };
+        out.extend_from_slice(&half.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn fp16_weights_travel_shuffled_and_smaller() {
+    let p = Pair::new();
+    let mut rng = Rng(15);
+    // Odd length and an odd header: chunks start at odd and even offsets.
+    let mut data = b"x".to_vec();
+    data.extend(fp16_weights(3_000_001, &mut rng));
+    fs::write(p.src().join("model.bin"), &data).unwrap();
+    let r = p.sync();
+    assert!(
+        (r.payload_bytes_sent as f64) < 0.875 * r.raw_bytes_sent as f64,
+        "{} of {} bytes on the wire",
+        r.payload_bytes_sent,
+        r.raw_bytes_sent
+    );
+}
+
+#[test]
+fn a_file_moved_over_a_copy_source_is_not_read_for_its_old_content() {
+    let p = Pair::new();
+    let mut rng = Rng(16);
+    let s = p.src();
+    let (old_x, y) = (rng.bytes(200_000), rng.bytes(200_000));
+    fs::write(s.join("x.bin"), &old_x).unwrap();
+    fs::write(s.join("y.bin"), &y).unwrap();
+    age_files(s);
+    p.sync();
+    // `a.bin` (first in the batch) is a copy of x's old content, which only x holds; then y
+    // moves over x.
+    fs::write(s.join("a.bin"), &old_x).unwrap();
+    fs::rename(s.join("y.bin"), s.join("x.bin")).unwrap();
+    let r = p.sync();
+    assert_eq!(fs::read(p.dst().join("a.bin")).unwrap(), old_x);
+    assert_eq!(fs::read(p.dst().join("x.bin")).unwrap(), y);
+    assert!(r.raw_bytes_sent >= 200_000, "{}", r.raw_bytes_sent);
+}

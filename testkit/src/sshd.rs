@@ -5,6 +5,10 @@
 //!
 //! Needs root (to create accounts and run sshd); fails, never skips, without it or without sshd.
 //!
+//! A server can also listen on another address, started through a command prefix: e.g. in a
+//! network namespace, `Server::builder().listen(addr).command_prefix(["ip", "netns", "exec",
+//! "ns1"])`, for a "remote host" behind a link of its own (the benchmarks shape one with `tc`).
+//!
 //! ```no_run
 //! use mtr_testkit::sshd::{LocalHome, Server};
 //!
@@ -20,10 +24,11 @@ mod user;
 
 pub use home::LocalHome;
 
+use std::ffi::OsString;
 use std::fs;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -34,7 +39,7 @@ use crate::gen::set_mode;
 use user::User;
 
 const SSHD: &str = "/usr/sbin/sshd";
-const HOST: &str = "127.0.0.1";
+const HOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Generous: the CI machine has 2 shared cores.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -45,6 +50,8 @@ pub struct Builder {
     config: Vec<String>,
     bashrc: String,
     shell: PathBuf,
+    listen: IpAddr,
+    prefix: Vec<OsString>,
 }
 
 impl Builder {
@@ -77,6 +84,25 @@ impl Builder {
         self
     }
 
+    /// The address sshd listens on (default 127.0.0.1), and the host clients connect to. It must
+    /// exist where sshd runs (see [`Builder::command_prefix`]) and be reachable from here.
+    pub fn listen(mut self, addr: IpAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Runs sshd as `PREFIX... /usr/sbin/sshd -D ...`, e.g. `["ip", "netns", "exec", "ns1"]` to
+    /// start it in a network namespace. The prefix must exec sshd in place (as `ip netns exec`
+    /// does), not fork it: dropping the server kills the process it started.
+    pub fn command_prefix<I, S>(mut self, prefix: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.prefix = prefix.into_iter().map(Into::into).collect();
+        self
+    }
+
     pub fn start(self) -> Server {
         Server::start_with(self)
     }
@@ -87,6 +113,7 @@ pub struct Server {
     sshd: Sshd,
     user: User,
     port: u16,
+    host: String,
     password: Option<String>,
     host_key: String,
     dir: tempfile::TempDir,
@@ -104,6 +131,8 @@ impl Server {
             config: Vec::new(),
             bashrc: String::new(),
             shell: PathBuf::from("/bin/bash"),
+            listen: HOST,
+            prefix: Vec::new(),
         }
     }
 
@@ -152,6 +181,7 @@ impl Server {
             sshd,
             user,
             port,
+            host: opts.listen.to_string(),
             password,
             host_key,
             dir,
@@ -162,8 +192,9 @@ impl Server {
         self.port
     }
 
-    pub fn host(&self) -> &'static str {
-        HOST
+    /// The address sshd listens on: `127.0.0.1` unless built with [`Builder::listen`].
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     pub fn user(&self) -> &str {
@@ -192,7 +223,7 @@ impl Server {
 
     /// `[127.0.0.1]:PORT ssh-ed25519 AAAA...`, a known_hosts line for this server's host key.
     pub fn known_hosts_line(&self) -> String {
-        format!("[{HOST}]:{} {}", self.port, self.host_key)
+        format!("[{}]:{} {}", self.host, self.port, self.host_key)
     }
 
     /// sshd's log so far (`LogLevel VERBOSE` by default): put it in failing-test messages.
@@ -270,7 +301,15 @@ impl Sshd {
         for _ in 0..20 {
             let port = free_port();
             fs::write(&conf, sshd_config(base, port, user, opts)).unwrap();
-            let child = Command::new(SSHD)
+            let mut cmd = match opts.prefix.split_first() {
+                Some((program, args)) => {
+                    let mut cmd = Command::new(program);
+                    cmd.args(args).arg(SSHD);
+                    cmd
+                }
+                None => Command::new(SSHD),
+            };
+            let child = cmd
                 .arg("-D")
                 .arg("-e")
                 .arg("-f")
@@ -279,9 +318,9 @@ impl Sshd {
                 .stdout(Stdio::null())
                 .stderr(fs::File::create(&log).unwrap())
                 .spawn()
-                .unwrap_or_else(|e| panic!("starting {SSHD}: {e}"));
+                .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
             let mut sshd = Sshd(child);
-            if sshd.wait_ready(port, &log) {
+            if sshd.wait_ready(opts.listen, port, &log) {
                 return (sshd, port);
             }
         }
@@ -290,9 +329,9 @@ impl Sshd {
 
     /// Waits for "Server listening" in the log and an SSH banner on the port; false if the port
     /// was taken; panics with the log if sshd fails otherwise.
-    fn wait_ready(&mut self, port: u16, log: &Path) -> bool {
+    fn wait_ready(&mut self, addr: IpAddr, port: u16, log: &Path) -> bool {
         let deadline = Instant::now() + START_TIMEOUT;
-        let listening = format!("Server listening on {HOST} port {port}");
+        let listening = format!("Server listening on {addr} port {port}");
         loop {
             let text = fs::read_to_string(log).unwrap_or_default();
             if let Some(status) = self.0.try_wait().unwrap() {
@@ -301,7 +340,7 @@ impl Sshd {
                 }
                 panic!("sshd exited ({status}) before listening; its log:\n{text}");
             }
-            if text.contains(&listening) && banner(port) {
+            if text.contains(&listening) && banner(addr, port) {
                 return true;
             }
             if Instant::now() > deadline {
@@ -333,7 +372,7 @@ fn sshd_config(base: &Path, port: u16, user: &str, opts: &Builder) -> String {
     let yes_no = |b: bool| if b { "yes" } else { "no" };
     let mut lines: Vec<String> = head.to_vec();
     lines.extend([
-        format!("ListenAddress {HOST}"),
+        format!("ListenAddress {}", opts.listen),
         format!("Port {port}"),
         format!("HostKey {}", base.join("host_key").display()),
         format!("PidFile {}", base.join("sshd.pid").display()),
@@ -394,14 +433,15 @@ fn keygen(path: &Path, comment: &str) {
     assert!(out.status.success(), "ssh-keygen: {}", user::describe(&out));
 }
 
+/// A port free on loopback here: free in a fresh network namespace too.
 fn free_port() -> u16 {
     let listener = TcpListener::bind((HOST, 0)).expect("bind 127.0.0.1:0");
     listener.local_addr().unwrap().port()
 }
 
 /// True when the port answers with an SSH identification line.
-fn banner(port: u16) -> bool {
-    let Ok(stream) = TcpStream::connect((HOST, port)) else {
+fn banner(addr: IpAddr, port: u16) -> bool {
+    let Ok(stream) = TcpStream::connect((addr, port)) else {
         return false;
     };
     stream

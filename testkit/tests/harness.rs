@@ -129,6 +129,36 @@ fn extra_config_lines_override_the_defaults() {
 }
 
 #[test]
+fn listen_address_and_command_prefix_place_sshd() {
+    // `nice -n 7 sshd ...` execs sshd in place, as `ip netns exec NS` does.
+    let server = Server::builder()
+        .listen("127.0.0.2".parse().unwrap())
+        .command_prefix(["nice", "-n", "7"])
+        .start();
+    assert_eq!(server.host(), "127.0.0.2");
+    assert!(server.known_hosts_line().starts_with("[127.0.0.2]:"));
+    let stat = fs::read_to_string(format!("/proc/{}/stat", server.sshd_pid())).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // After "(comm)": state is field 3, nice field 19.
+    assert_eq!(
+        fields[16], "7",
+        "sshd was not started through the prefix: {stat}"
+    );
+    let home = LocalHome::for_server(&server);
+    assert_eq!(
+        ssh_ok(&server, &home, "echo $SSH_CONNECTION")
+            .split_whitespace()
+            .nth(2),
+        Some("127.0.0.2")
+    );
+}
+
+#[test]
 fn remote_helpers_act_as_the_user_without_ssh() {
     let server = Server::start();
     let dir = server.mkdir_remote("work/a");

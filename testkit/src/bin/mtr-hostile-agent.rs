@@ -16,6 +16,7 @@ use std::path::Path;
 
 use protocol::chunker::{self, Chunker};
 use protocol::codec::{FrameReader, FrameWriter};
+use protocol::compress::Codec;
 use protocol::wire::{
     Entry, EntryKind, FromSink, Op, SendRequest, ToSink, MAGIC, PROTOCOL_VERSION,
 };
@@ -63,7 +64,7 @@ fn main() {
         match r.msg::<FromSink>() {
             Ok(FromSink::Need { hashes }) => {
                 for h in hashes {
-                    w.data(&h, false, data.len() as u32, data).unwrap();
+                    w.data(&h, Codec::Raw, data.len() as u32, data).unwrap();
                 }
                 w.msg(&ToSink::DataEnd).unwrap();
                 w.flush().unwrap();
