@@ -65,7 +65,6 @@ fn key(parts: &[&str]) -> String {
 pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool) -> Result<Outcome> {
     let started = Instant::now();
     let target = format!("{}:{}", ssh.display(), s.remote_dir);
-    let mut agent = agent_install::start(ssh, &s.remote_dir)?;
     let filter = Filter::new(
         &s.project_root,
         &ScanOptions {
@@ -75,23 +74,40 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool) -> Result<Outcome> 
     )
     .with_context(|| format!("invalid exclude rules in {}", s.describe_sources()))?;
     let root = s.project_root.display().to_string();
-    let cfg = SourceConfig {
+    let mut cfg = SourceConfig {
         root: &s.project_root,
         filter: &filter,
         chunker: Chunker::default(),
         index_path: cache_dir().join("index").join(key(&[&root])),
-        state_path: cache_dir()
-            .join("state")
-            .join(key(&[&root, ssh.display(), &agent.ack.root])),
+        // Known once the agent says where it runs.
+        state_path: PathBuf::new(),
         dry_run,
     };
-    let (sent0, recv0) = (agent.writer.bytes_sent(), agent.reader.bytes_received());
     let progress = ui.progress();
-    let result = source::sync(
+    // The local scan needs no peer: it runs while the agent starts (a no-op sync of a large
+    // tree then costs about the longer of the two, not their sum).
+    let (local, agent) = std::thread::scope(|scope| {
+        let scan = scope.spawn(|| source::scan_local(&cfg, &progress));
+        let agent = agent_install::start(ssh, &s.remote_dir);
+        let local = scan
+            .join()
+            .unwrap_or_else(|_| Err(protocol::Error::Protocol("the scan panicked".into())));
+        (local, agent)
+    });
+    let mut agent = agent?;
+    let local = local
+        .map_err(anyhow::Error::new)
+        .with_context(|| format!("cannot scan {}", s.project_root.display()))?;
+    cfg.state_path = cache_dir()
+        .join("state")
+        .join(key(&[&root, ssh.display(), &agent.ack.root]));
+    let (sent0, recv0) = (agent.writer.bytes_sent(), agent.reader.bytes_received());
+    let result = source::sync_scanned(
         &mut agent.reader,
         &mut agent.writer,
         &agent.ack,
         &cfg,
+        &local,
         &progress,
     );
     progress.finish();

@@ -5,6 +5,14 @@ use crate::wire::{ChunkSpec, ChunkerId, Hash};
 
 /// Buffers at least this large are hashed on all cores.
 const PARALLEL_HASH_MIN: usize = 4 << 20;
+/// A segment is chunked and hashed a strip of about this many bytes at a time; each strip is
+/// then handed to the caller's `done`, which may drop its pages (a mapped file stays out of
+/// the resident set instead of counting in full).
+const STRIP: usize = 16 << 20;
+
+/// Told of each byte range of the input that will not be read again, in order within a
+/// segment (segments run in parallel).
+pub type Done<'a> = &'a (dyn Fn(u64, u64) + Sync);
 
 /// A chunk found in a buffer: where it is and what it hashes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +56,11 @@ impl Chunker {
 
     /// Chunk `data`.
     pub fn chunk(&self, data: &[u8]) -> Vec<ChunkRef> {
+        self.chunk_with(data, &|_, _| {})
+    }
+
+    /// [`Chunker::chunk`], calling `done(offset, len)` for each strip of `data` once read.
+    pub fn chunk_with(&self, data: &[u8], done: Done) -> Vec<ChunkRef> {
         use rayon::prelude::*;
         if data.is_empty() {
             return Vec::new();
@@ -61,14 +74,11 @@ impl Chunker {
                 .enumerate()
                 .flat_map_iter(|(i, seg)| {
                     let base = (i * segment) as u64;
-                    self.chunk_segment(seg).into_iter().map(move |c| ChunkRef {
-                        offset: c.offset + base,
-                        ..c
-                    })
+                    self.chunk_segment(seg, base, done)
                 })
                 .collect();
         }
-        self.chunk_segment(data)
+        self.chunk_segment(data, 0, done)
     }
 
     /// Chunk `data`, a new version of a file that chunked as `old`: the result is exactly
@@ -82,6 +92,11 @@ impl Chunker {
     /// or the segment's end). An unchanged 1 GB file costs a BLAKE3 pass instead of FastCDC
     /// + BLAKE3, about three times less.
     pub fn rechunk(&self, data: &[u8], old: &[ChunkSpec]) -> Vec<ChunkRef> {
+        self.rechunk_with(data, old, &|_, _| {})
+    }
+
+    /// [`Chunker::rechunk`], calling `done(offset, len)` for each strip of `data` once read.
+    pub fn rechunk_with(&self, data: &[u8], old: &[ChunkSpec], done: Done) -> Vec<ChunkRef> {
         use rayon::prelude::*;
         if data.is_empty() {
             return Vec::new();
@@ -92,15 +107,16 @@ impl Chunker {
             return data
                 .par_chunks(segment)
                 .enumerate()
-                .flat_map_iter(|(i, seg)| self.rechunk_segment(seg, (i * segment) as u64, &hint))
+                .flat_map_iter(|(i, seg)| {
+                    self.rechunk_segment(seg, (i * segment) as u64, &hint, done)
+                })
                 .collect();
         }
-        self.rechunk_segment(data, 0, &hint)
+        self.rechunk_segment(data, 0, &hint, done)
     }
 
     /// [`Chunker::rechunk`] of the segment `seg`, which starts at `base` in the file.
-    fn rechunk_segment(&self, seg: &[u8], base: u64, hint: &Hint) -> Vec<ChunkRef> {
-        use rayon::prelude::*;
+    fn rechunk_segment(&self, seg: &[u8], base: u64, hint: &Hint, done: Done) -> Vec<ChunkRef> {
         let cdc = fastcdc::v2020::FastCDC::new(seg, self.min, self.avg, self.max);
         let max = self.max as usize;
         let end = seg.len();
@@ -126,7 +142,16 @@ impl Chunker {
         };
         let mut shifted = false;
         let mut b = 0usize;
+        // The end of the last strip handed to `done`.
+        let mut released = 0usize;
         while b < end {
+            if b - released >= STRIP {
+                // Chunks found so far end at or before `b`: hash them, and let their bytes go
+                // (candidates hashed from here on start at `b`).
+                fill_hashes(seg, base, &mut out, &mut unhashed);
+                done(base + released as u64, (b - released) as u64);
+                released = b;
+            }
             let at = base + b as u64;
             let mut taken = None;
             for (k, moved) in hint.candidates(at, shifted) {
@@ -168,40 +193,59 @@ impl Chunker {
                 }
             }
         }
-        let fill = |i: &usize| {
-            let c = out[*i];
-            let from = (c.offset - base) as usize;
-            (*i, hash(&seg[from..from + c.len as usize]))
-        };
-        let bytes: usize = unhashed.iter().map(|i| out[*i].len as usize).sum();
-        let hashes: Vec<(usize, Hash)> = if bytes >= PARALLEL_HASH_MIN {
-            unhashed.par_iter().map(fill).collect()
-        } else {
-            unhashed.iter().map(fill).collect()
-        };
-        for (i, h) in hashes {
-            out[i].hash = h;
+        fill_hashes(seg, base, &mut out, &mut unhashed);
+        if released < end {
+            done(base + released as u64, (end - released) as u64);
         }
         out
     }
 
-    fn chunk_segment(&self, data: &[u8]) -> Vec<ChunkRef> {
-        use rayon::prelude::*;
-        let bounds: Vec<(usize, usize)> =
-            fastcdc::v2020::FastCDC::new(data, self.min, self.avg, self.max)
-                .map(|c| (c.offset, c.length))
-                .collect();
-        let one = |&(offset, len): &(usize, usize)| ChunkRef {
-            offset: offset as u64,
-            len: len as u32,
-            hash: hash(&data[offset..offset + len]),
-        };
-        if data.len() >= PARALLEL_HASH_MIN {
-            bounds.par_iter().map(one).collect()
-        } else {
-            bounds.iter().map(one).collect()
+    /// Chunk the segment `seg`, which starts at `base` in the input, a strip at a time.
+    fn chunk_segment(&self, seg: &[u8], base: u64, done: Done) -> Vec<ChunkRef> {
+        let mut out = Vec::new();
+        let mut unhashed = Vec::new();
+        let mut released = 0usize;
+        for c in fastcdc::v2020::FastCDC::new(seg, self.min, self.avg, self.max) {
+            unhashed.push(out.len());
+            out.push(ChunkRef {
+                offset: base + c.offset as u64,
+                len: c.length as u32,
+                hash: [0; 32],
+            });
+            let end = c.offset + c.length;
+            if end - released >= STRIP {
+                fill_hashes(seg, base, &mut out, &mut unhashed);
+                done(base + released as u64, (end - released) as u64);
+                released = end;
+            }
         }
+        fill_hashes(seg, base, &mut out, &mut unhashed);
+        if released < seg.len() {
+            done(base + released as u64, (seg.len() - released) as u64);
+        }
+        out
     }
+}
+
+/// Hash the chunks of `out` listed in `unhashed` (all in `seg`, which starts at `base`), on
+/// all cores when they are many bytes, and empty the list.
+fn fill_hashes(seg: &[u8], base: u64, out: &mut [ChunkRef], unhashed: &mut Vec<usize>) {
+    use rayon::prelude::*;
+    let fill = |i: &usize| {
+        let c = out[*i];
+        let from = (c.offset - base) as usize;
+        (*i, hash(&seg[from..from + c.len as usize]))
+    };
+    let bytes: usize = unhashed.iter().map(|i| out[*i].len as usize).sum();
+    let hashes: Vec<(usize, Hash)> = if bytes >= PARALLEL_HASH_MIN {
+        unhashed.par_iter().map(fill).collect()
+    } else {
+        unhashed.iter().map(fill).collect()
+    };
+    for (i, h) in hashes {
+        out[i].hash = h;
+    }
+    unhashed.clear();
 }
 
 /// The old chunks of a file, found by offset, for [`Chunker::rechunk`].
@@ -529,6 +573,42 @@ mod tests {
         assert_eq!(c.rechunk(&data, &junk), c.chunk(&data));
         assert_eq!(c.rechunk(&data, &[]), c.chunk(&data));
         assert!(c.rechunk(&[], &specs(&c.chunk(&data))).is_empty());
+    }
+
+    /// `done` hears of every byte once, strip by strip in each segment, after the chunks
+    /// there are found; the chunks are `chunk`'s.
+    #[test]
+    fn strips_are_released_once_each_and_change_nothing() {
+        let c = Chunker {
+            segment: 40 << 20,
+            ..Chunker::default()
+        };
+        let data = pseudo_random(100 << 20, 11);
+        let mut edited = data.clone();
+        edited[5 << 20..6 << 20].fill(7);
+        let check = |run: &dyn Fn(Done) -> Vec<ChunkRef>, expect: Vec<ChunkRef>| {
+            let ranges = std::sync::Mutex::new(Vec::new());
+            let done = |off: u64, len: u64| ranges.lock().unwrap().push((off, len));
+            assert_eq!(run(&done), expect);
+            let mut r = ranges.into_inner().unwrap();
+            r.sort_unstable();
+            // Covered exactly, in strips no larger than a strip and the largest chunk.
+            let mut at = 0;
+            for &(off, len) in &r {
+                assert_eq!(off, at, "gap or overlap at {off}");
+                assert!(len as usize <= STRIP + c.max as usize, "{len}");
+                at += len;
+            }
+            assert_eq!(at, data.len() as u64);
+            assert!(r.len() >= 6, "{} strips", r.len());
+        };
+        let chunks = c.chunk(&data);
+        check(&|done| c.chunk_with(&data, done), chunks.clone());
+        let old = specs(&chunks);
+        check(
+            &|done| c.rechunk_with(&edited, &old, done),
+            c.chunk(&edited),
+        );
     }
 
     #[test]

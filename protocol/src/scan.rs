@@ -15,13 +15,15 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use ignore::Match;
 use rayon::prelude::*;
 
-use crate::chunker::{ChunkRef, Chunker};
+use crate::chunker::{self, ChunkRef, Chunker};
 use crate::error::{Error, IoContext, Result};
 use crate::paths::{CONFIG_DIR, STATE_DIR};
 use crate::wire::{ChunkSpec, EntryKind, SourceIndex, SourceIndexEntry, StatKey, PROTOCOL_VERSION};
 
 /// Files at least this large are memory-mapped instead of read.
 const MMAP_MIN: u64 = 1 << 20;
+/// Released ranges of a mapped file start on a multiple of this (of every page size).
+const RELEASE_ALIGN: u64 = 64 << 10;
 /// Files modified this close before the previous scan are hashed again (see `scan`).
 const RACY_WINDOW_NS: i64 = 100_000_000;
 /// Name of mtr's own ignore file, honoured at every level.
@@ -318,11 +320,11 @@ pub fn rechunk_file(
     chunker: &Chunker,
     old: &[ChunkSpec],
 ) -> Result<Vec<ChunkRef>> {
-    let chunk = |data: &[u8]| {
+    let chunk = |data: &[u8], done: chunker::Done| {
         if old.is_empty() {
-            chunker.chunk(data)
+            chunker.chunk_with(data, done)
         } else {
-            chunker.rechunk(data, old)
+            chunker.rechunk_with(data, old, done)
         }
     };
     for _attempt in 0..2 {
@@ -334,14 +336,29 @@ pub fn rechunk_file(
             // SAFETY: the map is read-only and dropped before we return; a concurrent writer can
             // change the bytes under us, which the stat comparison below detects.
             let map = unsafe { memmap2::Mmap::map(&f) }.ctx("map", path)?;
-            chunk(&map)
+            let _ = map.advise(memmap2::Advice::Sequential);
+            // Strips already chunked leave the resident set (they stay in the page cache): a
+            // multi-GB file costs a few strips of memory, not its size.
+            let done = |off: u64, len: u64| {
+                let start = off & !(RELEASE_ALIGN - 1);
+                // SAFETY: a shared read-only file mapping: a dropped page reads back from the
+                // file if touched again, so the map's bytes stay what they were.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start as usize,
+                        (off + len - start) as usize,
+                    )
+                };
+            };
+            chunk(&map, &done)
         } else {
             let mut buf = Vec::with_capacity(before.size as usize);
             std::io::Read::read_to_end(&mut &f, &mut buf).ctx("read", path)?;
             if buf.len() as u64 != before.size {
                 continue;
             }
-            chunk(&buf)
+            chunk(&buf, &|_, _| {})
         };
         let after = stat_key(&std::fs::symlink_metadata(path).ctx("stat", path)?);
         if after == before && before.mtime_ns == expected.mtime_ns && before.size == expected.size {

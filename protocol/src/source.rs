@@ -149,6 +149,16 @@ pub fn sync<R: Read, W: Write>(
     cfg: &SourceConfig,
     progress: &dyn Progress,
 ) -> Result<Report> {
+    let local = scan_local(cfg, progress)?;
+    sync_scanned(r, w, ack, cfg, &local, progress)
+}
+
+/// The local tree, scanned (and its index saved) by [`scan_local`], ready for
+/// [`sync_scanned`]: the scan needs no peer, so it can run while the connection is made.
+pub struct LocalTree(Scanned);
+
+/// The first half of [`sync`]: scan the local tree (hashing what changed since the index).
+pub fn scan_local(cfg: &SourceConfig, progress: &dyn Progress) -> Result<LocalTree> {
     let old_index: Option<SourceIndex> = index::load(&cfg.index_path);
     let (tree, new_index) = scan::scan(
         cfg.root,
@@ -160,15 +170,26 @@ pub fn sync<R: Read, W: Write>(
     if !cfg.dry_run && (tree.files_hashed > 0 || old_index.is_none()) {
         index::save(&cfg.index_path, &new_index)?;
     }
-    let scanned = Scanned {
+    Ok(LocalTree(Scanned {
         tree,
         origin: Origin {
             path: cfg.root.to_path_buf(),
             nest: None,
         },
-    };
+    }))
+}
+
+/// The second half of [`sync`]: bring the sink up to date with a scanned tree.
+pub fn sync_scanned<R: Read, W: Write>(
+    r: &mut FrameReader<R>,
+    w: &mut FrameWriter<W>,
+    ack: &Ack,
+    cfg: &SourceConfig,
+    local: &LocalTree,
+    progress: &dyn Progress,
+) -> Result<Report> {
     let job = Push {
-        scanned: &scanned,
+        scanned: &local.0,
         excluded: &|p, is_dir| cfg.filter.excluded(p, is_dir),
         state_path: &cfg.state_path,
         dry_run: cfg.dry_run,
