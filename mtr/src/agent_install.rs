@@ -2,15 +2,18 @@
 //! checks the OS and architecture, finds an installed agent of exactly this build and runs it
 //! (`mtr-agent serve` for a sync, `mtr-agent send` for a download, `mtr-agent run` for a batch
 //! command); when there is none, a second script streams the carried binary into a
-//! private directory (temp name, size check, `chmod`, `rename`), and the first runs again.
+//! private directory (temp name, then its SHA-256 checked against this build's with
+//! the server's `sha256sum` — else `shasum -a 256`, `busybox sha256sum`, `openssl dgst` —
+//! before `chmod` and `rename`; no such tool: refused), and the first runs again.
 //! The agent's greeting ([`protocol::wire::MAGIC`]) is looked for past any login-shell noise,
 //! then the protocol handshake checks its version.
 //!
 //! Layout on the server: `<base>/agent/<version>-<os>-<arch>-<hash>/mtr-agent`, where `<base>`
 //! is the first usable of `${XDG_CACHE_HOME:-~/.cache}/mtr`, `$XDG_RUNTIME_DIR/mtr`,
 //! `/dev/shm/mtr-<uid>`, `/tmp/mtr-<uid>`; a later one is used only when the earlier ones are
-//! on a `noexec` filesystem or unusable. Each base is mode 0700, owned by the user and not a
-//! symlink; anything else is refused, never used.
+//! on a `noexec` filesystem or unusable. Each base, its `agent/` and the build's directory are
+//! mode 0700, owned by the user and not symlinks, and the agent is a regular file of the user's
+//! (not a symlink); anything else is refused, never used nor written through.
 //!
 //! Every command sent goes through the user's login shell (bash, fish, tcsh...), so it is
 //! exactly `sh -c '<script>'` where the script is one line without `'`, `\`, `!` or newlines,
@@ -25,7 +28,7 @@ use protocol::source::Ack;
 use protocol::wire::MAGIC;
 
 use crate::embedded;
-use crate::ssh::Ssh;
+use crate::ssh::{Outgoing, Ssh};
 
 /// Most login-shell output accepted before the agent's greeting.
 const NOISE_LIMIT: usize = 64 << 10;
@@ -48,6 +51,10 @@ const BASES: [&str; 4] = [
 /// Exit statuses of the scripts (the agent never uses them before its greeting).
 const EXIT_UNSUPPORTED: i32 = 90;
 const EXIT_MISSING: i32 = 91;
+/// The install script found no tool to hash the upload with.
+const EXIT_NO_SHA256: i32 = 96;
+/// The upload's SHA-256 is not this build's: nothing was installed.
+const EXIT_CORRUPT: i32 = 97;
 
 /// `mtr-agent` cannot run on this server at all: no agent is carried for its OS and
 /// architecture, or no private directory there allows executing programs. Only these cases
@@ -72,7 +79,7 @@ impl AgentUnavailable {
 /// A running agent after a successful handshake.
 pub struct AgentSession {
     pub reader: FrameReader<ssh2::Stream>,
-    pub writer: FrameWriter<ssh2::Stream>,
+    pub writer: FrameWriter<Outgoing>,
     /// What the agent said in its greeting (its root, last tree token, dirty paths).
     pub ack: Ack,
     channel: ssh2::Channel,
@@ -225,6 +232,15 @@ impl Agent<'_> {
         sub
     }
 
+    /// SHA-256 of the executable (hex), as `sha256sum` prints it.
+    fn sha256(&self) -> std::borrow::Cow<'static, str> {
+        if std::ptr::eq(self.bytes, embedded::AGENT) {
+            embedded::agent_sha256().into()
+        } else {
+            embedded::sha256_hex(self.bytes).into()
+        }
+    }
+
     /// What `uname -s` and `uname -m` print on a server this agent runs on.
     fn uname(&self) -> String {
         let os = match self.os {
@@ -253,7 +269,7 @@ impl Default for Layout {
 
 impl Layout {
     /// `mtr_base N` prints base N; `mtr_safe DIR` is true for a directory that is ours and
-    /// not a symlink.
+    /// not a symlink; `mtr_file PATH` for a regular file that is ours and not a symlink.
     fn functions(&self) -> String {
         let cases: String = self
             .bases
@@ -263,7 +279,8 @@ impl Layout {
             .collect();
         format!(
             "mtr_base() {{ case $1 in {cases}esac; }}; \
-             mtr_safe() {{ if [ -L \"$1\" ]; then return 1; fi; [ -d \"$1\" ] && [ -O \"$1\" ]; }}; "
+             mtr_safe() {{ if [ -L \"$1\" ]; then return 1; fi; [ -d \"$1\" ] && [ -O \"$1\" ]; }}; \
+             mtr_file() {{ if [ -L \"$1\" ]; then return 1; fi; [ -f \"$1\" ] && [ -O \"$1\" ]; }}; "
         )
     }
 }
@@ -281,9 +298,12 @@ pub(crate) fn sh_c(script: &str) -> String {
 /// `mtr-launch: ...` line per event (see [`LaunchReport`]), and on stdout prints
 /// `MTR-PATH=<base> <path>` right before running an agent.
 ///
-/// `serve` and `send` run in a subshell whose status 126 means "cannot execute" (a noexec
-/// mount): the next base is tried. `send` gets its base, where it keeps its chunk index. `run` cannot: its status is the user's command's, 126 included, so the
-/// script first checks that the agent executes (`--version`), then `exec`s it.
+/// An agent is run only if the base, `agent/`, the build's directory and the agent itself are
+/// the user's and none is a symlink; otherwise the script reports the first that is not
+/// (`unsafe`) and moves on. `serve` and `send` run in a subshell whose status 126 means
+/// "cannot execute" (a noexec mount): the next base is tried. `send` gets its base, where it
+/// keeps its chunk index. `run` cannot: its status is the user's command's, 126 included, so
+/// the script first checks that the agent executes (`--version`), then `exec`s it.
 pub(crate) fn launch_script(agent: &Agent, layout: &Layout, mode: Mode) -> String {
     let start = match mode {
         Mode::Serve => "(umask $um; exec \"$p\" serve); rc=$?; ",
@@ -297,13 +317,17 @@ pub(crate) fn launch_script(agent: &Agent, layout: &Layout, mode: Mode) -> Strin
         "um=$(umask); umask 077; {fns}sub={sub}; os=$(uname -s); arch=$(uname -m); \
          if [ \"$os $arch\" = \"{uname}\" ]; then :; else \
          echo \"mtr-launch: unsupported $os $arch\" >&2; exit {EXIT_UNSUPPORTED}; fi; \
+         mtr_unsafe() {{ for x in \"$1\" \"$1/agent\" \"$1/agent/$sub\"; do \
+         if mtr_safe \"$x\"; then :; else echo \"$x\"; return; fi; done; \
+         if mtr_file \"$2\"; then :; else echo \"$2\"; fi; }}; \
          i=0; while [ $i -lt {n} ]; do \
          b=$(mtr_base $i); p=\"$b/agent/$sub/mtr-agent\"; \
-         if [ -n \"$b\" ] && [ -f \"$p\" ]; then \
-         if mtr_safe \"$b\"; then \
+         if [ -n \"$b\" ] && {{ [ -e \"$p\" ] || [ -L \"$p\" ]; }}; then \
+         u=$(mtr_unsafe \"$b\" \"$p\"); \
+         if [ -z \"$u\" ]; then \
          echo \"mtr-launch: run $i $p\" >&2; echo \"MTR-PATH=$i $p\"; {start}\
          if [ $rc -eq 126 ]; then echo \"mtr-launch: noexec $i $p\" >&2; else exit $rc; fi; \
-         else echo \"mtr-launch: unsafe $i $b\" >&2; fi; fi; \
+         else echo \"mtr-launch: unsafe $i $u\" >&2; fi; fi; \
          i=$((i+1)); done; echo \"mtr-launch: missing\" >&2; exit {EXIT_MISSING}",
         fns = layout.functions(),
         sub = agent.subdir(),
@@ -314,24 +338,51 @@ pub(crate) fn launch_script(agent: &Agent, layout: &Layout, mode: Mode) -> Strin
 
 /// The script that installs the agent (streamed on stdin, `size` bytes) into base `base`,
 /// printing the installed path.
+///
+/// Nothing is followed or reused that is not the user's own: the base, `<base>/agent` and the
+/// build's directory are each refused (status 92) when a symlink or not a directory owned by
+/// the user, and each made 0700; an existing agent path that is a symlink or not a regular file
+/// is refused too. The upload goes to a temp name; only if its SHA-256 (hashed on the server)
+/// is this build's is it made executable and renamed into place (else status 97, the
+/// temp file removed). A server with no tool to hash it is refused before anything is written
+/// (status 96).
 pub(crate) fn install_script(agent: &Agent, layout: &Layout, base: usize) -> String {
     format!(
         // `mtr_quit` reads the rest of the binary before exiting: mtr writes all of it before
         // it reads the outcome, and would wait forever for a script that stopped reading.
         "umask 077; {fns}mtr_quit() {{ cat >/dev/null; exit $1; }}; sub={sub}; b=$(mtr_base {base}); \
          if [ -z \"$b\" ]; then echo \"mtr-install: unavailable\" >&2; mtr_quit 94; fi; \
-         if [ -L \"$b\" ]; then echo \"mtr-install: $b is a symbolic link\" >&2; mtr_quit 92; fi; \
-         mkdir -p \"$b\" || mtr_quit 93; \
-         if mtr_safe \"$b\"; then :; else \
-         echo \"mtr-install: $b is not a directory owned by $(id -un)\" >&2; mtr_quit 92; fi; \
-         chmod 700 \"$b\" || mtr_quit 93; d=\"$b/agent/$sub\"; mkdir -p \"$d\" || mtr_quit 93; \
-         t=\"$d/.mtr-agent.tmp.$$\"; \
-         if cat > \"$t\" && [ $(wc -c < \"$t\") -eq {size} ] && chmod 700 \"$t\" && mv -f \"$t\" \"$d/mtr-agent\"; \
-         then echo \"$d/mtr-agent\"; else rm -f \"$t\"; \
-         echo \"mtr-install: could not write $d/mtr-agent\" >&2; mtr_quit 95; fi",
+         if command -v sha256sum >/dev/null 2>&1; then mtr_sha() {{ sha256sum; }}; \
+         elif command -v shasum >/dev/null 2>&1; then mtr_sha() {{ shasum -a 256; }}; \
+         elif command -v busybox >/dev/null 2>&1 && busybox sha256sum </dev/null >/dev/null 2>&1; \
+         then mtr_sha() {{ busybox sha256sum; }}; \
+         elif command -v openssl >/dev/null 2>&1; then mtr_sha() {{ openssl dgst -sha256 -r; }}; \
+         else echo \"mtr-install: no sha256sum, shasum, busybox or openssl to verify the upload with\" >&2; \
+         mtr_quit {EXIT_NO_SHA256}; fi; \
+         d=\"$b/agent/$sub\"; p=\"$d/mtr-agent\"; \
+         for x in \"$b\" \"$b/agent\" \"$d\"; do \
+         if [ -L \"$x\" ]; then echo \"mtr-install: $x is a symbolic link\" >&2; mtr_quit 92; fi; \
+         mkdir -p \"$x\" || mtr_quit 93; \
+         if mtr_safe \"$x\"; then :; else \
+         echo \"mtr-install: $x is not a directory owned by $(id -un)\" >&2; mtr_quit 92; fi; \
+         chmod 700 \"$x\" || mtr_quit 93; done; \
+         if [ -L \"$p\" ]; then echo \"mtr-install: $p is a symbolic link\" >&2; mtr_quit 92; fi; \
+         if [ -e \"$p\" ]; then if [ -f \"$p\" ]; then :; else \
+         echo \"mtr-install: $p is not a regular file\" >&2; mtr_quit 92; fi; fi; \
+         t=\"$d/.mtr-agent.tmp.$$\"; rm -f \"$t\"; \
+         if cat > \"$t\"; then :; else rm -f \"$t\"; \
+         echo \"mtr-install: could not write $t\" >&2; mtr_quit 95; fi; \
+         n=$(wc -c < \"$t\"); h=$(mtr_sha < \"$t\"); h=${{h%% *}}; \
+         if [ \"$h\" = {sha256} ]; then :; else rm -f \"$t\"; \
+         echo \"mtr-install: the upload arrived corrupted ($n bytes with SHA-256 $h, where this \
+         build has {size} bytes with SHA-256 {sha256}); nothing was installed at $p\" >&2; \
+         exit {EXIT_CORRUPT}; fi; \
+         if chmod 700 \"$t\" && mv -f \"$t\" \"$p\"; then echo \"$p\"; else rm -f \"$t\"; \
+         echo \"mtr-install: could not write $p\" >&2; exit 95; fi",
         fns = layout.functions(),
         sub = agent.subdir(),
         size = agent.bytes.len(),
+        sha256 = agent.sha256(),
     )
 }
 
@@ -344,7 +395,8 @@ pub(crate) struct LaunchReport {
     pub runs: Vec<(usize, String)>,
     /// Bases whose agent could not be executed (noexec filesystem).
     pub noexec: Vec<(usize, String)>,
-    /// Bases refused: a symlink, not a directory, not the user's.
+    /// Bases refused, each with its first path (the base, `agent/`, the build's directory, the
+    /// agent) that is a symlink, not a directory (a regular file), or not the user's.
     pub unsafe_bases: Vec<(usize, String)>,
     /// No runnable agent was found.
     pub missing: bool,
@@ -474,7 +526,7 @@ fn start_mode(
                         remote_path: path,
                     }));
                 }
-                let mut writer = FrameWriter::new(channel.stream(0));
+                let mut writer = FrameWriter::new(Outgoing(channel.stream(0)));
                 let greeting = match mode {
                     Mode::Send(request) => {
                         protocol::get::request(&mut reader, &mut writer, request, agent.version)
@@ -589,7 +641,9 @@ fn reasons(report: &LaunchReport, unusable: &[String]) -> String {
         out.push(format!("{path}: on a noexec filesystem"));
     }
     for (_, dir) in &report.unsafe_bases {
-        out.push(format!("{dir}: a symlink or not owned by you"));
+        out.push(format!(
+            "{dir}: a symlink, or not a directory or file of yours"
+        ));
     }
     out.extend(unusable.iter().cloned());
     if out.is_empty() {
@@ -650,26 +704,72 @@ impl From<Install> for anyhow::Error {
 
 /// Uploads the agent into base `base`; returns its path on the server.
 fn install(ssh: &Ssh, agent: &Agent, layout: &Layout, base: usize) -> Result<String, Install> {
+    upload(ssh, agent, layout, base, agent.bytes)
+}
+
+/// [`install`], streaming `bytes` as the agent: its own, except in tests of an upload that
+/// arrives corrupted.
+fn upload(
+    ssh: &Ssh,
+    agent: &Agent,
+    layout: &Layout,
+    base: usize,
+    bytes: &[u8],
+) -> Result<String, Install> {
     let host = ssh.display();
-    let fail =
-        |e: anyhow::Error| Install::Failed(e.context(format!("installing mtr-agent on {host}")));
     let out = ssh
-        .run(&sh_c(&install_script(agent, layout, base)), agent.bytes)
-        .map_err(fail)?;
-    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        .run(&sh_c(&install_script(agent, layout, base)), bytes)
+        .map_err(|e| Install::Failed(e.context(format!("installing mtr-agent on {host}"))))?;
+    install_outcome(
+        host,
+        layout,
+        base,
+        out.status,
+        &String::from_utf8_lossy(&out.stdout),
+        &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// What the install script's exit status and output say: the installed path, a base to skip,
+/// or an error naming the host and what to do.
+fn install_outcome(
+    host: &str,
+    layout: &Layout,
+    base: usize,
+    status: i32,
+    stdout: &str,
+    stderr: &str,
+) -> Result<String, Install> {
+    let stdout = stdout.trim();
     let message = stderr
+        .trim()
         .lines()
         .map(|l| l.strip_prefix("mtr-install: ").unwrap_or(l))
         .collect::<Vec<_>>()
         .join("; ");
-    match out.status {
-        0 if !stdout.is_empty() => Ok(stdout),
+    match status {
+        0 if !stdout.is_empty() => Ok(stdout.to_string()),
         94 => Err(Install::Unusable(format!(
             "{}: not set",
             base_label(layout, base)
         ))),
         92 => Err(Install::Unusable(message)),
+        EXIT_NO_SHA256 => Err(Install::Failed(anyhow!(
+            "cannot install mtr-agent on {host}: there is no sha256sum, shasum, busybox or \
+             openssl there to verify the upload with, and an unverified agent is never run; \
+             install coreutils on {host}, or use `sync: rsync` or `sync: sftp` for this server"
+        ))),
+        EXIT_CORRUPT => Err(Install::Failed(anyhow!(
+            "installing mtr-agent on {host} into {} failed: {}; run mtr again, and if this \
+             repeats, check what the login shell on {host} does with its input, or use \
+             `sync: rsync` for this server",
+            base_label(layout, base),
+            if message.is_empty() {
+                "the upload arrived corrupted; nothing was installed"
+            } else {
+                message.as_str()
+            }
+        ))),
         status => Err(Install::Failed(anyhow!(
             "installing mtr-agent on {host} into {} failed (exit status {status}){}",
             base_label(layout, base),
@@ -819,6 +919,15 @@ mod tests {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(EXIT_MISSING), "{shell}: {stderr}");
             assert_eq!(stderr, "mtr-launch: missing\n", "{shell}");
+
+            // The install script too, its hash check included.
+            let to = tempfile::tempdir().unwrap();
+            let install = install_script(&agent(SCRIPT), &layout(to.path()), 0);
+            let out = login_shell(shell, &sh_c(&install), SCRIPT);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{shell}: {stderr}");
+            let out = login_shell(shell, &sh_c(&install), b"#!/bin/sh\necho \"agent $2\"\n");
+            assert_eq!(out.status.code(), Some(EXIT_CORRUPT), "{shell}");
         }
     }
 
@@ -888,8 +997,8 @@ mod tests {
         assert_eq!(fs::read(stdout.trim()).unwrap(), SCRIPT);
 
         let (status, _, stderr) = run(&install_script(&a, &l, 2), &SCRIPT[..5]);
-        assert_eq!(status, 95, "{stderr}");
-        assert!(stderr.contains("could not write"), "{stderr}");
+        assert_eq!(status, EXIT_CORRUPT, "{stderr}");
+        assert!(stderr.contains("arrived corrupted (5 bytes"), "{stderr}");
         let sub = dir
             .path()
             .join("b2/agent/0.1.0-linux-x86_64-0123456789abcdef");
@@ -997,6 +1106,361 @@ mod tests {
             assert_eq!(status, 92, "{stderr}");
             assert!(stderr.contains("not a directory owned by"), "{stderr}");
         }
+    }
+
+    const SUB: &str = "0.1.0-linux-x86_64-0123456789abcdef";
+    /// An agent someone else put there: it must never run.
+    const PLANTED: &[u8] = b"#!/bin/sh\necho \"planted $1\"\n";
+
+    /// Every path under `dir` with its contents (files) or target (symlinks), not following
+    /// symlinks.
+    fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, Vec<u8>)>) {
+            for de in fs::read_dir(dir).unwrap() {
+                let de = de.unwrap();
+                let r = format!("{rel}/{}", de.file_name().to_str().unwrap());
+                let t = de.file_type().unwrap();
+                if t.is_symlink() {
+                    let target = fs::read_link(de.path()).unwrap();
+                    out.push((r, target.into_os_string().into_encoded_bytes()));
+                } else if t.is_dir() {
+                    out.push((r.clone(), b"<dir>".to_vec()));
+                    walk(&de.path(), &r, out);
+                } else {
+                    out.push((r, fs::read(de.path()).unwrap()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(dir, "", &mut out);
+        out.sort();
+        out
+    }
+
+    fn plant(path: &Path) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, PLANTED).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn private_dir(path: &Path) {
+        fs::create_dir_all(path).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700)).unwrap();
+    }
+
+    #[test]
+    fn sha256_is_what_sha256sum_prints() {
+        assert_eq!(
+            embedded::sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(agent(SCRIPT).sha256(), embedded::sha256_hex(SCRIPT));
+        assert_eq!(
+            Agent::embedded().sha256(),
+            embedded::sha256_hex(embedded::AGENT)
+        );
+    }
+
+    #[test]
+    fn a_corrupted_upload_is_refused_and_leaves_no_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, l) = (agent(SCRIPT), layout(dir.path()));
+        // Right size, one bit flipped: only the hash can tell.
+        let mut bad = SCRIPT.to_vec();
+        bad[12] ^= 0x20;
+        let (status, stdout, stderr) = run(&install_script(&a, &l, 0), &bad);
+        assert_eq!(status, EXIT_CORRUPT, "{stderr}");
+        assert_eq!(stdout, "");
+        let sub = dir.path().join("b0/agent").join(SUB);
+        let want = format!(
+            "the upload arrived corrupted ({} bytes with SHA-256 {}, where this build has {} \
+             bytes with SHA-256 {}); nothing was installed at {}/mtr-agent",
+            bad.len(),
+            embedded::sha256_hex(&bad),
+            SCRIPT.len(),
+            embedded::sha256_hex(SCRIPT),
+            sub.display()
+        );
+        assert!(stderr.contains(&want), "{stderr}");
+        assert!(tree(&sub).is_empty(), "left behind: {:?}", tree(&sub));
+        let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Serve), b"");
+        assert_eq!(status, EXIT_MISSING, "{stdout}{stderr}");
+
+        // A good agent installed earlier survives a corrupted reinstall, untouched.
+        let (status, _, stderr) = run(&install_script(&a, &l, 0), SCRIPT);
+        assert_eq!(status, 0, "{stderr}");
+        let (status, _, stderr) = run(&install_script(&a, &l, 0), &bad);
+        assert_eq!(status, EXIT_CORRUPT, "{stderr}");
+        assert_eq!(tree(&sub), [("/mtr-agent".to_string(), SCRIPT.to_vec())]);
+        assert_eq!(mode(&sub.join("mtr-agent")), 0o700);
+    }
+
+    /// A directory of links to the programs `tools` (from this machine's PATH), to run a
+    /// script with only those; `None` when one is missing here.
+    fn only(tools: &[&str]) -> Option<tempfile::TempDir> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = std::env::var_os("PATH").unwrap();
+        for tool in tools {
+            let found = std::env::split_paths(&path)
+                .map(|d| d.join(tool))
+                .find(|p| p.is_file())?;
+            std::os::unix::fs::symlink(found, dir.path().join(tool)).unwrap();
+        }
+        Some(dir)
+    }
+
+    /// [`run`] with PATH holding only `tools`.
+    fn run_with(tools: &Path, script: &str, stdin: &[u8]) -> (i32, String) {
+        use std::io::Write;
+        let mut child = Command::new(tools.join("sh"))
+            .arg("-c")
+            .arg(sh_c(script))
+            .env("PATH", tools)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// What the install script needs besides a hashing tool.
+    const BASIC: [&str; 8] = ["sh", "cat", "mkdir", "chmod", "mv", "rm", "wc", "id"];
+
+    #[test]
+    fn each_sha256_tool_verifies_the_upload_and_none_refuses_it() {
+        let (a, mut bad) = (agent(SCRIPT), SCRIPT.to_vec());
+        bad[0] ^= 1;
+        let mut tried = Vec::new();
+        for tool in ["sha256sum", "shasum", "busybox", "openssl"] {
+            let Some(tools) = only(&[&BASIC[..], &[tool][..]].concat()) else {
+                continue;
+            };
+            tried.push(tool);
+            let dir = tempfile::tempdir().unwrap();
+            let l = layout(dir.path());
+            let (status, stderr) = run_with(tools.path(), &install_script(&a, &l, 0), &bad);
+            assert_eq!(status, EXIT_CORRUPT, "{tool}: {stderr}");
+            assert!(
+                stderr.contains(&format!("SHA-256 {},", embedded::sha256_hex(&bad))),
+                "{tool}: {stderr}"
+            );
+            let (status, stderr) = run_with(tools.path(), &install_script(&a, &l, 0), SCRIPT);
+            assert_eq!(status, 0, "{tool}: {stderr}");
+            let path = dir.path().join("b0/agent").join(SUB).join("mtr-agent");
+            assert_eq!(fs::read(path).unwrap(), SCRIPT, "{tool}");
+        }
+        assert!(!tried.is_empty(), "no SHA-256 tool on this machine");
+
+        // None at all: refused before anything is written.
+        let tools = only(&BASIC).expect("basic tools");
+        let dir = tempfile::tempdir().unwrap();
+        let (status, stderr) = run_with(
+            tools.path(),
+            &install_script(&a, &layout(dir.path()), 0),
+            SCRIPT,
+        );
+        assert_eq!(status, EXIT_NO_SHA256, "{stderr}");
+        assert!(
+            stderr.contains("no sha256sum, shasum, busybox or openssl"),
+            "{stderr}"
+        );
+        assert!(
+            tree(dir.path()).is_empty(),
+            "written unverified: {:?}",
+            tree(dir.path())
+        );
+    }
+
+    #[test]
+    fn planted_symlinks_under_the_base_are_refused_never_followed() {
+        enum Plant {
+            AgentDir,
+            BuildDir,
+            Agent,
+            Dangling,
+            DirAtAgent,
+        }
+        for case in [
+            Plant::AgentDir,
+            Plant::BuildDir,
+            Plant::Agent,
+            Plant::Dangling,
+            Plant::DirAtAgent,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (a, l) = (agent(SCRIPT), layout(dir.path()));
+            let (b0, elsewhere) = (dir.path().join("b0"), dir.path().join("elsewhere"));
+            private_dir(&b0);
+            private_dir(&elsewhere);
+            let ln = |target: &Path, at: &Path| {
+                fs::create_dir_all(at.parent().unwrap()).unwrap();
+                std::os::unix::fs::symlink(target, at).unwrap();
+            };
+            let (culprit, complaint) = match case {
+                Plant::AgentDir => {
+                    plant(&elsewhere.join(SUB).join("mtr-agent"));
+                    ln(&elsewhere, &b0.join("agent"));
+                    (b0.join("agent"), "is a symbolic link")
+                }
+                Plant::BuildDir => {
+                    plant(&elsewhere.join("mtr-agent"));
+                    ln(&elsewhere, &b0.join("agent").join(SUB));
+                    (b0.join("agent").join(SUB), "is a symbolic link")
+                }
+                Plant::Agent => {
+                    plant(&elsewhere.join("mtr-agent"));
+                    let at = b0.join("agent").join(SUB).join("mtr-agent");
+                    ln(&elsewhere.join("mtr-agent"), &at);
+                    (at, "is a symbolic link")
+                }
+                Plant::Dangling => {
+                    let at = b0.join("agent").join(SUB).join("mtr-agent");
+                    ln(&elsewhere.join("new"), &at);
+                    (at, "is a symbolic link")
+                }
+                Plant::DirAtAgent => {
+                    let at = b0.join("agent").join(SUB).join("mtr-agent");
+                    plant(&at.join("mtr-agent"));
+                    (at, "is not a regular file")
+                }
+            };
+            let culprit = culprit.display().to_string();
+            let before = (tree(&elsewhere), tree(&b0));
+
+            let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Serve), b"");
+            assert_eq!(status, EXIT_MISSING, "{culprit}: {stdout}{stderr}");
+            assert!(
+                !stdout.contains("planted"),
+                "{culprit}: the planted agent ran"
+            );
+            let report = LaunchReport::parse(&stderr);
+            assert_eq!(report.unsafe_bases, [(0, culprit.clone())], "{stderr}");
+            assert!(report.runs.is_empty(), "{stderr}");
+            assert_eq!(next_base(&report, &[], 3), Some(1));
+
+            let (status, stdout, stderr) = run(&install_script(&a, &l, 0), SCRIPT);
+            assert_eq!(status, 92, "{culprit}: {stdout}{stderr}");
+            assert!(
+                stderr.contains(&format!("{culprit} {complaint}")),
+                "{culprit}: {stderr}"
+            );
+            assert_eq!(
+                (tree(&elsewhere), tree(&b0)),
+                before,
+                "{culprit}: written through"
+            );
+        }
+    }
+
+    #[test]
+    fn foreign_directories_and_agents_under_the_base_are_refused() {
+        use std::os::unix::fs::{chown, MetadataExt};
+        let dir = tempfile::tempdir().unwrap();
+        let (a, l) = (agent(SCRIPT), layout(dir.path()));
+        let b0 = dir.path().join("b0");
+        private_dir(&b0);
+        // `<base>/agent` of someone else's, holding an agent of theirs.
+        let theirs = b0.join("agent");
+        plant(&theirs.join(SUB).join("mtr-agent"));
+        for p in [
+            theirs.clone(),
+            theirs.join(SUB),
+            theirs.join(SUB).join("mtr-agent"),
+        ] {
+            chown(&p, Some(65534), Some(65534)).ok();
+        }
+        if fs::metadata(&theirs).unwrap().uid() != 65534 {
+            eprintln!("skipped: cannot chown (not root)");
+            return;
+        }
+        let before = tree(&theirs);
+        let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Serve), b"");
+        assert_eq!(status, EXIT_MISSING, "{stdout}{stderr}");
+        assert!(!stdout.contains("planted"), "their agent ran");
+        let report = LaunchReport::parse(&stderr);
+        assert_eq!(
+            report.unsafe_bases,
+            [(0, theirs.display().to_string())],
+            "{stderr}"
+        );
+        let (status, _, stderr) = run(&install_script(&a, &l, 0), SCRIPT);
+        assert_eq!(status, 92, "{stderr}");
+        assert!(
+            stderr.contains(&format!("{} is not a directory owned by", theirs.display())),
+            "{stderr}"
+        );
+        assert_eq!(tree(&theirs), before, "their directory was written");
+
+        // Our directories, their agent: not run either (a reinstall replaces it).
+        chown(&theirs, Some(0), Some(0)).unwrap();
+        chown(theirs.join(SUB), Some(0), Some(0)).unwrap();
+        let agent_path = theirs.join(SUB).join("mtr-agent");
+        let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Serve), b"");
+        assert_eq!(status, EXIT_MISSING, "{stdout}{stderr}");
+        assert!(!stdout.contains("planted"), "their agent ran");
+        assert_eq!(
+            LaunchReport::parse(&stderr).unsafe_bases,
+            [(0, agent_path.display().to_string())],
+            "{stderr}"
+        );
+        let (status, _, stderr) = run(&install_script(&a, &l, 0), SCRIPT);
+        assert_eq!(status, 0, "{stderr}");
+        assert_eq!(fs::read(&agent_path).unwrap(), SCRIPT);
+        assert_eq!(fs::metadata(&agent_path).unwrap().uid(), 0);
+        for p in [theirs.clone(), theirs.join(SUB), agent_path] {
+            assert_eq!(mode(&p), 0o700, "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn install_failures_name_the_host_and_what_to_do() {
+        let l = Layout::default();
+        let failed = |status: i32, stderr: &str| match install_outcome(
+            "u@gpu7:22",
+            &l,
+            0,
+            status,
+            "",
+            stderr,
+        ) {
+            Err(Install::Failed(e)) => format!("{e:#}"),
+            Err(Install::Unusable(why)) => panic!("unusable: {why}"),
+            Ok(path) => panic!("installed at {path}"),
+        };
+        let msg = failed(
+            EXIT_NO_SHA256,
+            "mtr-install: no sha256sum, shasum, busybox or openssl to verify the upload with\n",
+        );
+        for part in ["u@gpu7:22", "install coreutils", "sync: rsync", "never run"] {
+            assert!(msg.contains(part), "{msg}");
+        }
+        let msg = failed(
+            EXIT_CORRUPT,
+            "mtr-install: the upload arrived corrupted (3 bytes with SHA-256 ab, where ...); \
+             nothing was installed at /p/mtr-agent\n",
+        );
+        for part in [
+            "u@gpu7:22",
+            "~/.cache/mtr",
+            "nothing was installed",
+            "3 bytes",
+        ] {
+            assert!(msg.contains(part), "{msg}");
+        }
+        assert!(matches!(
+            install_outcome("h", &l, 0, 92, "", "mtr-install: /x/agent is a symbolic link\n"),
+            Err(Install::Unusable(why)) if why == "/x/agent is a symbolic link"
+        ));
+        assert_eq!(
+            install_outcome("h", &l, 0, 0, "/p/mtr-agent\n", "").ok(),
+            Some("/p/mtr-agent".to_string())
+        );
     }
 
     #[test]
@@ -1259,6 +1723,89 @@ mod live_tests {
             .unwrap_or_else(|e| panic!("{e:#}"));
         session.finish().unwrap();
         assert_eq!(std::fs::read(cache_path(&server)).unwrap(), good);
+    }
+
+    #[test]
+    fn a_corrupted_upload_is_refused_and_a_good_one_then_installs() {
+        let server = Server::start();
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = connect(&server, dir.path());
+        let good = fake_agent(VERSION, 0, "");
+        let a = agent(&good);
+        // What a corrupting link would deliver: the right size, one bit off.
+        let mut bad = good.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 0x01;
+        let msg = match upload(&ssh, &a, &Layout::default(), 0, &bad) {
+            Err(Install::Failed(e)) => format!("{e:#}"),
+            Err(Install::Unusable(why)) => panic!("unusable: {why}"),
+            Ok(path) => panic!("installed a corrupted agent at {path}"),
+        };
+        assert!(msg.contains("arrived corrupted"), "{msg}");
+        assert!(msg.contains("nothing was installed"), "{msg}");
+        assert!(msg.contains(ssh.display()), "{msg}");
+        let path = cache_path(&server);
+        assert!(
+            std::fs::symlink_metadata(&path).is_err(),
+            "a corrupted agent was installed"
+        );
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+
+        let session = start_with(&ssh, REMOTE_DIR, &a, &Layout::default())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        session.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+    }
+
+    #[test]
+    fn a_symlink_planted_in_the_cache_is_never_followed() {
+        let server = Server::start();
+        let uid = server.run_as_user_ok("id -u").trim().to_string();
+        struct Cleanup(String);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let shm = format!("/dev/shm/mtr-{uid}");
+        let _cleanup = Cleanup(shm.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = connect(&server, dir.path());
+        // `~/.cache/mtr/agent` leads elsewhere, to an agent of this very build's path.
+        let sub = format!("{VERSION}-linux-x86_64-{HASH}");
+        let planted = "#!/bin/sh\ntouch \"$HOME/planted-ran\"\nexit 1\n";
+        server.write_remote(format!("elsewhere/{sub}/mtr-agent"), planted);
+        server.run_as_user_ok(&format!(
+            "chmod 700 ~/elsewhere/{sub}/mtr-agent && mkdir -p ~/.cache/mtr && \
+             chmod 700 ~/.cache/mtr && ln -s ~/elsewhere ~/.cache/mtr/agent"
+        ));
+        let good = fake_agent(VERSION, 0, "");
+        let session = start_with(&ssh, REMOTE_DIR, &agent(&good), &Layout::default())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(
+            session.remote_path.starts_with(&format!("{shm}/agent/")),
+            "{}",
+            session.remote_path
+        );
+        session.finish().unwrap();
+        assert!(
+            !server.remote_path("planted-ran").exists(),
+            "the planted agent ran"
+        );
+        let elsewhere = server.remote_path(format!("elsewhere/{sub}"));
+        assert_eq!(
+            std::fs::read_dir(&elsewhere).unwrap().count(),
+            1,
+            "written through the symlink"
+        );
+        assert_eq!(
+            std::fs::read_to_string(elsewhere.join("mtr-agent")).unwrap(),
+            planted
+        );
     }
 
     #[test]

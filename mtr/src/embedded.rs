@@ -11,3 +11,19 @@ pub const AGENT_OS: &str = "linux";
 pub const AGENT_ARCH: &str = "x86_64";
 /// Version of `mtr`; the agent must report exactly this one.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// SHA-256 of [`AGENT`] (lowercase hex), computed once: the install script compares the
+/// upload with it, hashed on the server, before making it executable.
+pub fn agent_sha256() -> &'static str {
+    static SHA256: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA256.get_or_init(|| sha256_hex(AGENT))
+}
+
+/// SHA-256 of `bytes` as 64 lowercase hex digits (what `sha256sum` prints).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

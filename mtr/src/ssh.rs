@@ -983,3 +983,20 @@ mod live_tests {
         assert_eq!(ssh.run("echo ok", b"").unwrap().stdout, b"ok\n");
     }
 }
+
+/// A channel stream to write to. `Write::flush` of an `ssh2::Stream` is
+/// `libssh2_channel_flush_ex`, which *discards* the data received on that stream and not yet
+/// read, so a writer that flushes could lose what the peer sent meanwhile (an agent's error,
+/// say). A blocking write has handed everything to the transport already: flushing it is a
+/// no-op here.
+pub struct Outgoing(pub ssh2::Stream);
+
+impl std::io::Write for Outgoing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
