@@ -32,6 +32,28 @@ fn main() {
     std::process::exit(code)
 }
 
+/// An exclude rule for `--log-file` when it is inside the project (`/path/from/root`, glob
+/// characters escaped), so mtr never syncs the log it is writing.
+fn own_log_rule(
+    root: &std::path::Path,
+    cwd: &std::path::Path,
+    log: &std::path::Path,
+) -> Option<String> {
+    let abs = cwd.join(log);
+    let dir = abs.parent()?.canonicalize().ok()?;
+    let root = root.canonicalize().ok()?;
+    let rel = dir.join(abs.file_name()?);
+    let rel = rel.strip_prefix(&root).ok()?.to_str()?;
+    let mut rule = String::from("/");
+    for c in rel.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '!' | '#') {
+            rule.push('\\');
+        }
+        rule.push(c);
+    }
+    Some(rule)
+}
+
 fn run(args: &cli::Args) -> Result<i32> {
     ui::init_logging(args.verbose, args.log_file.as_deref())?;
     let env = config::Env::from_process()?;
@@ -41,7 +63,15 @@ fn run(args: &cli::Args) -> Result<i32> {
         return Ok(0);
     }
     let ui = ui::Ui::new(args.tty() == Some(false), args.verbose);
-    let settings = config::load(&env, args.server.as_deref())?;
+    let mut settings = config::load(&env, args.server.as_deref())?;
+    if let Some(rule) = args
+        .log_file
+        .as_deref()
+        .and_then(|log| own_log_rule(&settings.project_root, &env.cwd, log))
+    {
+        // mtr writes its log while it syncs: the file would change under the scan.
+        settings.excludes.push(rule);
+    }
     for w in &settings.warnings {
         ui.warn(w);
     }
@@ -171,5 +201,28 @@ fn run_command(
             fallback.absorb(e)?;
             exec::batch::run_plain(ssh, &cmd)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_log_rule;
+
+    #[test]
+    fn a_log_file_inside_the_project_is_excluded_and_one_outside_is_not() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("proj");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        let rule = own_log_rule(&root, &root.join("sub"), "../nodir/x.log".as_ref());
+        assert_eq!(
+            rule, None,
+            "its directory does not exist: nothing to exclude"
+        );
+        let rule = own_log_rule(&root, &root.join("sub"), "../top[1].log".as_ref());
+        assert_eq!(rule.as_deref(), Some("/top\\[1\\].log"));
+        std::fs::create_dir_all(root.join("logs")).unwrap();
+        let rule = own_log_rule(&root, &root.join("sub"), "../logs/run*[1].txt".as_ref());
+        assert_eq!(rule.as_deref(), Some("/logs/run\\*\\[1\\].txt"));
+        assert_eq!(own_log_rule(&root, &root, "/tmp/mtr.log".as_ref()), None);
     }
 }

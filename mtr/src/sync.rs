@@ -114,7 +114,13 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool) -> Result<Outcome> 
     let report = match result {
         Ok(r) => r,
         Err(e) => {
+            // The agent's stderr says why a broken stream broke; its own error (`Remote`) is
+            // complete, and the rest are ours.
             let detail = agent.abort();
+            let detail = match e {
+                protocol::Error::Transport(_) | protocol::Error::Protocol(_) => detail,
+                _ => String::new(),
+            };
             return Err(anyhow::Error::new(e)).context(format!("sync to {target} failed{detail}"));
         }
     };

@@ -9,17 +9,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What can go wrong inside the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An I/O error on a local or remote path.
-    #[error("{op} {path}: {source}")]
+    /// An I/O error on a local or remote path. The cause is part of the message, not a
+    /// `source`: anyhow's `{:#}` would print it twice.
+    #[error("{op} {path}: {cause}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The byte stream to the peer failed (closed, reset, short read).
     #[error("connection to the peer failed: {0}")]
-    Transport(#[source] std::io::Error),
+    Transport(std::io::Error),
     /// The peer sent something that is not valid protocol: a bad frame, an oversized length,
     /// a message out of order.
     #[error("protocol violation: {0}")]
@@ -47,7 +47,21 @@ impl Error {
         Error::Io {
             op,
             path: path.into(),
-            source,
+            cause: source,
+        }
+    }
+
+    /// Whether this is a write that failed for want of space: the disk is full (`ENOSPC`)
+    /// or the user's quota is spent (`EDQUOT`).
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            Error::Io { cause, .. } => {
+                matches!(
+                    cause.raw_os_error(),
+                    Some(libc::ENOSPC) | Some(libc::EDQUOT)
+                )
+            }
+            _ => false,
         }
     }
 }

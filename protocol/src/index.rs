@@ -39,6 +39,36 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Option<T> {
     }
 }
 
+/// Load only the leading fields of a state file, as `T` (a struct of the first fields of what
+/// was saved, in order): decompresses and decodes no more than they take. `None` as [`load`].
+pub fn load_head<T: DeserializeOwned>(path: &Path) -> Option<T> {
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            log::warn!("cannot read {}: {e}; starting from scratch", path.display());
+            return None;
+        }
+    };
+    let mut raw = match zstd::stream::read::Decoder::new(f) {
+        Ok(d) => d,
+        Err(e) => {
+            log::warn!("cannot read {}: {e}; starting from scratch", path.display());
+            return None;
+        }
+    };
+    match bincode::serde::decode_from_std_read(&mut raw, bincode::config::standard()) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            log::warn!(
+                "{} is unreadable ({e}); starting from scratch",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
 /// Save a state file atomically, creating its directory.
 pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let dir = path
@@ -78,6 +108,13 @@ mod tests {
         save(&p, &s).unwrap();
         let back: SyncState = load(&p).unwrap();
         assert_eq!(back.token, s.token);
+        #[derive(serde::Deserialize)]
+        struct Head {
+            protocol: u32,
+            token: Option<crate::wire::Hash>,
+        }
+        let head: Head = load_head(&p).unwrap();
+        assert_eq!((head.protocol, head.token), (1, s.token));
         std::fs::write(&p, b"garbage").unwrap();
         assert!(load::<SyncState>(&p).is_none());
         assert!(load::<SyncState>(&d.path().join("missing")).is_none());

@@ -246,6 +246,8 @@ struct Copy {
 
 struct Staged {
     path: String,
+    /// Where it goes (`path` under the root), for errors: the user knows that name.
+    dest: PathBuf,
     entry: EntryKind,
     chunks: Vec<ChunkSpec>,
     /// Where each chunk starts.
@@ -286,6 +288,9 @@ pub(crate) struct Sink {
     dry_run: bool,
     records: BTreeMap<String, Rec>,
     locs: HashMap<Hash, Loc>,
+    /// Whether `locs` holds the records' chunks yet: built on first need, so a no-op sync
+    /// (most of them) never pays for it.
+    locs_ready: bool,
     seeds: HashMap<String, Seed>,
     /// Symlinks skipped under [`SinkOptions::contain_symlinks`]: nothing may go under them.
     refused: HashSet<String>,
@@ -387,6 +392,7 @@ impl Sink {
             dry_run: cfg.dry_run,
             records,
             locs: HashMap::new(),
+            locs_ready: false,
             seeds: HashMap::new(),
             refused: HashSet::new(),
             token,
@@ -584,26 +590,60 @@ impl Sink {
     }
 
     /// Check every recorded path against the filesystem; returns the ones that changed.
+    /// Directories first, each walked from the root without following symlinks; then every
+    /// other path whose parent checked out is a single `lstat` (the rest walk too).
     fn validate(&mut self) -> Vec<String> {
         let root = self.root.clone();
+        let dirs: HashSet<&str> = self
+            .records
+            .par_iter()
+            .filter(|(path, r)| {
+                matches!(r.rec.entry.kind, EntryKind::Dir) && still_valid(&root, path, &r.rec)
+            })
+            .map(|(p, _)| p.as_str())
+            .collect();
         let changed: Vec<String> = self
             .records
             .par_iter()
-            .filter(|(path, r)| !still_valid(&root, path, &r.rec))
+            .filter(|(path, r)| match r.rec.entry.kind {
+                EntryKind::Dir => !dirs.contains(path.as_str()),
+                _ => {
+                    let parent_ok = path
+                        .rsplit_once('/')
+                        .is_none_or(|(parent, _)| dirs.contains(parent));
+                    !if parent_ok {
+                        matches_record(&root.join(path), &r.rec)
+                    } else {
+                        still_valid(&root, path, &r.rec)
+                    }
+                }
+            })
             .map(|(p, _)| p.clone())
             .collect();
+        drop(dirs);
         for p in &changed {
             if let Some(r) = self.records.get_mut(p) {
                 r.dirty = true;
             }
         }
+        changed
+    }
+
+    /// Fill `locs` with the chunks of the records still trusted (once; later changes keep it
+    /// up to date). Chunks found earlier (seeds) stay where the records do not hold them.
+    fn ensure_locs(&mut self) {
+        if self.locs_ready {
+            return;
+        }
+        self.locs_ready = true;
+        let mut locs: HashMap<Hash, Loc> = HashMap::new();
         for (path, r) in &self.records {
             if r.dirty {
                 continue;
             }
             let mut off = 0;
             for c in &r.rec.chunks {
-                self.locs.entry(c.hash).or_insert_with(|| Loc {
+                locs.entry(c.hash).or_insert_with(|| Loc {
                     path: path.clone(),
                     offset: off,
                     len: c.len,
@@ -611,7 +651,10 @@ impl Sink {
                 off += c.len as u64;
             }
         }
-        changed
+        for (h, l) in std::mem::take(&mut self.locs) {
+            locs.entry(h).or_insert(l);
+        }
+        self.locs = locs;
     }
 
     /// [`SinkOptions::reuse_existing`]: chunk the files this sink can copy from but has no
@@ -623,6 +666,7 @@ impl Sink {
         if !self.opts.reuse_existing {
             return;
         }
+        self.ensure_locs();
         let mut found: Vec<(String, StatKey)> = Vec::new();
         if self.records.is_empty() {
             let top = self.opts.confine_to.clone().unwrap_or_default();
@@ -727,6 +771,10 @@ impl Sink {
     }
 
     fn forget_locs(&mut self, path: &str) {
+        if !self.locs_ready {
+            // Built from the records when needed: nothing to forget yet.
+            return;
+        }
         let recorded = self.records.get(path).map(|r| &r.rec.chunks);
         let seeded = self.seeds.get(path).map(|s| &s.chunks);
         for c in recorded.into_iter().chain(seeded).flatten() {
@@ -741,7 +789,7 @@ impl Sink {
         self.forget_locs(&path);
         self.seeds.remove(&path);
         let mut off = 0;
-        for c in &chunks {
+        for c in chunks.iter().filter(|_| self.locs_ready) {
             self.locs.entry(c.hash).or_insert_with(|| Loc {
                 path: path.clone(),
                 offset: off,
@@ -995,7 +1043,31 @@ impl Sink {
         w: &mut FrameWriter<W>,
         progress: &dyn Progress,
     ) -> Result<()> {
+        self.ensure_locs();
         let mut staged: Vec<Staged> = Vec::new();
+        let result = self.apply(ops, &mut staged, r, w, progress);
+        if result.as_ref().is_err_and(Error::is_storage_full) {
+            // The disk is full: the partial files of this batch would only keep it full (and
+            // the user's own jobs there failing); the next sync sends their data again.
+            for s in staged {
+                drop(s.file);
+                if let Err(e) = fs::remove_file(&s.tmp) {
+                    log::debug!("cannot remove {}: {e}", s.tmp.display());
+                }
+            }
+        }
+        result
+    }
+
+    /// [`Sink::batch`]: the files it builds stay in `staged` until placed.
+    fn apply<R: Read, W: Write>(
+        &mut self,
+        ops: Vec<Op>,
+        staged: &mut Vec<Staged>,
+        r: &mut FrameReader<R>,
+        w: &mut FrameWriter<W>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         let mut need = Need::default();
         let mut copies: Vec<Copy> = Vec::new();
         for op in ops {
@@ -1012,7 +1084,7 @@ impl Sink {
                 Op::Upsert { entry, chunks } => {
                     self.admit(&entry.path)?;
                     self.changes += 1;
-                    self.upsert(entry, chunks, &mut staged, &mut need, &mut copies)?;
+                    self.upsert(entry, chunks, staged, &mut need, &mut copies)?;
                 }
                 Op::Move {
                     from,
@@ -1028,7 +1100,7 @@ impl Sink {
                         EntryKind::Symlink { .. } => false,
                     };
                     if !moved {
-                        self.upsert(entry, chunks, &mut staged, &mut need, &mut copies)?;
+                        self.upsert(entry, chunks, staged, &mut need, &mut copies)?;
                     }
                 }
             }
@@ -1044,7 +1116,7 @@ impl Sink {
         // Local copies run on a thread of their own while the missing chunks arrive.
         let root = self.root.clone();
         let (copied, received) = std::thread::scope(|scope| {
-            let staged = &staged;
+            let staged = &*staged;
             let copier = scope.spawn(move || copy_local(&root, staged, copies, progress));
             let received = self.receive(staged, &mut need.waiting, r, progress);
             let copied = copier
@@ -1070,9 +1142,11 @@ impl Sink {
                 hashes: again.order.clone(),
             })?;
             w.flush()?;
-            self.receive(&staged, &mut again.waiting, r, progress)?;
+            self.receive(staged, &mut again.waiting, r, progress)?;
         }
-        for s in staged {
+        // In order; what is not placed yet stays in `staged`.
+        staged.reverse();
+        while let Some(s) = staged.pop() {
             self.place(s)?;
         }
         Ok(())
@@ -1228,7 +1302,7 @@ impl Sink {
             return Ok(None);
         }
         // Refuse unsafe destinations before asking for any data.
-        self.root.prepare_parent(&entry.path)?;
+        let dest = self.root.prepare_parent(&entry.path)?;
         let chunks = chunks.ok_or_else(|| {
             Error::Protocol(format!(
                 "{}: content changed but no chunk list was sent",
@@ -1297,6 +1371,7 @@ impl Sink {
         Ok(Some((
             Staged {
                 path: entry.path.clone(),
+                dest,
                 entry: entry.kind.clone(),
                 chunks,
                 starts,
@@ -1340,10 +1415,15 @@ impl Sink {
             }
             let tx = tx.take().expect("one sender");
             loop {
-                if failure.lock().expect("failure lock").is_some() {
-                    return Ok(());
-                }
+                // After a failure (a full disk, say), the rest of the batch is read and dropped
+                // and the error is answered to `DataEnd`: the source reads nothing while it
+                // sends (mtr's flush even discards what arrived meanwhile: ssh2's
+                // `Stream::flush` drops unread input), and a sink that stopped reading would
+                // leave it blocked on the channel's flow control, which libssh2 never gives up
+                // on, even once the channel is closed.
+                let failed = failure.lock().expect("failure lock").is_some();
                 match r.frame::<ToSink>()? {
+                    Some(Frame::Data(_)) if failed => {}
                     Some(Frame::Data(d)) => {
                         let targets = need.remove(&d.hash).ok_or_else(|| {
                             Error::Protocol(format!("unrequested chunk {}", hex(&d.hash[..8])))
@@ -1355,7 +1435,11 @@ impl Sink {
                     }
                     Some(Frame::Msg(ToSink::DataEnd)) => return Ok(()),
                     Some(Frame::Msg(m)) => {
-                        return Err(Error::Protocol(format!("expected chunk data, got {m:?}")))
+                        // Its name only: the message can be megabytes (a whole batch of ops).
+                        return Err(Error::Protocol(format!(
+                            "expected chunk data, got {}",
+                            what(&m)
+                        )));
                     }
                     None => {
                         return Err(Error::Transport(std::io::Error::new(
@@ -1507,7 +1591,7 @@ fn copy_local(
         let dst = &staged[first.idx];
         let ok = match src {
             Some(f) => copy_range(f, first.src.offset, &dst.file, first.off, len)
-                .ctx("copy into", &dst.tmp)?,
+                .ctx("copy into", &dst.dest)?,
             None => false,
         };
         if ok {
@@ -1699,24 +1783,29 @@ fn store(
                 s.path
             )));
         }
-        s.file.write_all_at(&raw, off).ctx("write", &s.tmp)?;
+        s.file.write_all_at(&raw, off).ctx("write", &s.dest)?;
         progress.advance(raw.len() as u64);
     }
     Ok(raw.len() as u64)
 }
 
 fn still_valid(root: &Root, path: &str, rec: &SinkRecord) -> bool {
-    let Ok(Some(abs)) = root.existing(path) else {
-        return false;
-    };
-    let Ok(m) = fs::symlink_metadata(&abs) else {
+    match root.existing(path) {
+        Ok(Some(abs)) => matches_record(&abs, rec),
+        _ => false,
+    }
+}
+
+/// Whether `abs` (reached without symlinks) is what `rec` recorded.
+fn matches_record(abs: &Path, rec: &SinkRecord) -> bool {
+    let Ok(m) = fs::symlink_metadata(abs) else {
         return false;
     };
     match &rec.entry.kind {
         EntryKind::Dir => m.is_dir(),
         EntryKind::Symlink { target } => {
             m.file_type().is_symlink()
-                && fs::read_link(&abs).ok().as_deref() == Some(Path::new(target))
+                && fs::read_link(abs).ok().as_deref() == Some(Path::new(target))
         }
         EntryKind::File { .. } => m.is_file() && stat_of(&m) == rec.stat,
     }

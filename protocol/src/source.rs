@@ -79,7 +79,10 @@ pub(crate) fn read_ack<R: Read>(r: &mut FrameReader<R>, expected_version: &str) 
             })
         }
         FromSink::Error { message } => Err(Error::Remote(message)),
-        other => Err(Error::Protocol(format!("expected HelloAck, got {other:?}"))),
+        other => Err(Error::Protocol(format!(
+            "expected HelloAck, got {}",
+            what(&other)
+        ))),
     }
 }
 
@@ -130,6 +133,26 @@ const BATCH_FILES: usize = 256;
 const BATCH_BYTES: u64 = 256 << 20;
 /// Chunks read and compressed in parallel at a time.
 const WINDOW: usize = 64;
+
+/// The first fields of a [`SyncState`], read without its entries.
+#[derive(serde::Deserialize)]
+struct StateHead {
+    protocol: u32,
+    token: Option<Hash>,
+}
+
+/// A message's name, for errors: a hostile peer's message in full could be megabytes.
+fn what(m: &FromSink) -> &'static str {
+    match m {
+        FromSink::HelloAck { .. } => "HelloAck",
+        FromSink::IndexBatch { .. } => "IndexBatch",
+        FromSink::IndexEnd => "IndexEnd",
+        FromSink::Need { .. } => "Need",
+        FromSink::BatchDone => "BatchDone",
+        FromSink::Committed { .. } => "Committed",
+        FromSink::Error { .. } => "Error",
+    }
+}
 
 fn expect<R: Read>(r: &mut FrameReader<R>, what: &str) -> Result<FromSink> {
     match r.msg::<FromSink>()? {
@@ -260,16 +283,20 @@ pub(crate) fn push<R: Read, W: Write>(
         ..Report::default()
     };
     let current_token = manifest::token(&tree.entries);
-    let state: Option<SyncState> = index::load(state_path);
-    let cached = state
-        .filter(|s| s.protocol == PROTOCOL_VERSION && s.token.is_some() && s.token == ack.token);
+    let matches = |protocol: u32, token: Option<Hash>| {
+        protocol == PROTOCOL_VERSION && token.is_some() && token == ack.token
+    };
     if ack.dirty.is_empty() && ack.token == Some(current_token) {
         report.no_op = true;
-        if cached.is_none() && !dry_run {
+        // Only the state's head (its token) is read: the entries are not needed.
+        let head: Option<StateHead> = index::load_head(state_path);
+        if !head.is_some_and(|h| matches(h.protocol, h.token)) && !dry_run {
             save_state(state_path, Some(current_token), &tree.entries)?;
         }
         return Ok(report);
     }
+    let state: Option<SyncState> = index::load(state_path);
+    let cached = state.filter(|s| matches(s.protocol, s.token));
     let base: Manifest = match cached {
         Some(s) => manifest::from_entries(s.entries),
         None => list_index(r, w)?,
@@ -400,7 +427,7 @@ pub(crate) fn push<R: Read, W: Write>(
             let hashes = match reply {
                 FromSink::Need { hashes } => hashes,
                 FromSink::BatchDone => break,
-                m => return Err(Error::Protocol(format!("expected Need, got {m:?}"))),
+                m => return Err(Error::Protocol(format!("expected Need, got {}", what(&m)))),
             };
             send_chunks(
                 w,
@@ -432,7 +459,12 @@ pub(crate) fn push<R: Read, W: Write>(
                 save_state(state_path, None, &tree.entries)?;
             }
         }
-        m => return Err(Error::Protocol(format!("expected Committed, got {m:?}"))),
+        m => {
+            return Err(Error::Protocol(format!(
+                "expected Committed, got {}",
+                what(&m)
+            )))
+        }
     }
     Ok(report)
 }
@@ -465,7 +497,8 @@ fn list_index<R: Read, W: Write>(
             FromSink::IndexEnd => return Ok(m),
             other => {
                 return Err(Error::Protocol(format!(
-                    "expected IndexBatch, got {other:?}"
+                    "expected IndexBatch, got {}",
+                    what(&other)
                 )))
             }
         }
@@ -502,6 +535,9 @@ fn send_chunks<W: Write>(
     }
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Prepared>>>(2);
     std::thread::scope(|s| {
+        // Owned here, so a write that fails drops it before the scope joins the reader: a
+        // reader blocked on a full channel then wakes up instead of waiting forever.
+        let rx = rx;
         s.spawn(move || {
             for window in hashes.chunks(WINDOW) {
                 let prepared = prepare_window(origin, entries, window, locs, pace.costly());

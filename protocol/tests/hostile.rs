@@ -1,9 +1,14 @@
-//! A hostile or broken source talking to a real sink: unsafe paths, writes through symlinks,
-//! lying chunk lists, unrequested or corrupt chunks. Each is refused with an error and nothing
-//! is written outside the root. Also: an interrupted transfer leaves no partial file among the
-//! user's files, and the next session reuses what already arrived.
+//! A hostile or broken source (a fake client speaking the real protocol) talking to a real
+//! sink, the agent's side of an upload: unsafe paths, writes through symlinks (made in the same
+//! batch or committed earlier), lying chunk lists, unrequested, duplicated or corrupt chunks,
+//! huge declared frame lengths, decompression bombs, messages out of order. Each is refused
+//! with an error and nothing is written outside the root; memory stays bounded (measured in a
+//! process of its own). Also: an interrupted transfer leaves no partial file among the user's
+//! files, and the next session reuses what already arrived.
 
 use std::fs;
+use std::io::Write;
+use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -11,13 +16,16 @@ use protocol::chunker::{self, Chunker};
 use protocol::codec::{FrameReader, FrameWriter};
 use protocol::compress::Codec;
 use protocol::source;
-use protocol::wire::{ChunkSpec, Entry, EntryKind, FromSink, Op, ToSink};
+use protocol::wire::{ChunkSpec, Entry, EntryKind, FromSink, Hash, Op, ToSink};
 
 const VERSION: &str = "test";
 
 struct Peer {
     r: FrameReader<UnixStream>,
     w: FrameWriter<UnixStream>,
+    /// The same socket, for bytes no `FrameWriter` would write. To hang up, drop it too (or
+    /// use [`sink_error`]).
+    raw: UnixStream,
     sink: std::thread::JoinHandle<protocol::Result<()>>,
 }
 
@@ -28,9 +36,10 @@ fn connect(root: &Path) -> Peer {
         protocol::sink::serve(r, b, VERSION)
     });
     let mut r = FrameReader::new(a.try_clone().unwrap());
+    let raw = a.try_clone().unwrap();
     let mut w = FrameWriter::new(a);
     source::handshake(&mut r, &mut w, root.to_str().unwrap(), VERSION).unwrap();
-    Peer { r, w, sink }
+    Peer { r, w, raw, sink }
 }
 
 fn file_entry(path: &str, data: &[u8]) -> (Entry, Vec<ChunkSpec>) {
@@ -221,8 +230,7 @@ fn an_interrupted_transfer_leaves_no_partial_file_and_is_resumed() {
         off += ch.len as usize;
     }
     p.w.flush().unwrap();
-    drop(p.w);
-    drop(p.r);
+    drop((p.w, p.r, p.raw));
     assert!(p.sink.join().unwrap().is_err());
     assert_eq!(
         fs::read(root.path().join("big.bin")).unwrap(),
@@ -527,4 +535,724 @@ fn corrupt_shuffled_chunks_and_unknown_codecs_are_refused() {
     frame[4 + 1 + 32] = 9;
     let err = FrameReader::new(&frame[..]).frame::<ToSink>().unwrap_err();
     assert!(err.to_string().contains("codec"), "{err}");
+}
+
+// ---- Frames no honest peer writes -------------------------------------------------------
+
+/// Frame kinds and chunk codecs as they are on the wire (`protocol::codec`).
+const KIND_MSG: u8 = 0;
+const KIND_DATA: u8 = 1;
+const KIND_ZMSG: u8 = 2;
+const CODEC_ZSTD: u8 = 1;
+const CODEC_SHUFFLE16: u8 = 2;
+
+/// A frame header: the length of what follows the length field, and the kind.
+fn header(len: u32, kind: u8) -> Vec<u8> {
+    let mut v = len.to_le_bytes().to_vec();
+    v.push(kind);
+    v
+}
+
+/// A data frame with any codec byte and declared raw length.
+fn data_frame(hash: &Hash, codec: u8, raw_len: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = header((1 + 32 + 1 + 4 + payload.len()) as u32, KIND_DATA);
+    v.extend_from_slice(hash);
+    v.push(codec);
+    v.extend_from_slice(&raw_len.to_le_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// A compressed message frame declaring `raw_len` bytes once decompressed.
+fn zmsg_frame(raw_len: u32, z: &[u8]) -> Vec<u8> {
+    let mut v = header((1 + 4 + z.len()) as u32, KIND_ZMSG);
+    v.extend_from_slice(&raw_len.to_le_bytes());
+    v.extend_from_slice(z);
+    v
+}
+
+/// A zstd frame of `blocks` RLE blocks of 128 KiB of zeros: 4 bytes on the wire for each,
+/// so 32 KiB expand to 1 GiB.
+fn bomb(blocks: usize) -> Vec<u8> {
+    // Magic; no content size, checksum or dictionary; a 128 KiB window.
+    let mut z = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38];
+    for i in 0..blocks {
+        let last = u32::from(i + 1 == blocks);
+        let block = (128u32 << 10) << 3 | 1 << 1 | last; // size, RLE, last
+        z.extend_from_slice(&block.to_le_bytes()[..3]);
+        z.push(0);
+    }
+    z
+}
+
+/// A [`Codec::Shuffle16`] payload for a chunk of `raw_len` bytes whose compressed plane is
+/// `z`: the lengths add up, so only decompressing `z` can tell.
+fn shuffled(z: &[u8], raw_len: u32) -> Vec<u8> {
+    let raw_len = raw_len as usize;
+    let mut v = vec![1];
+    v.extend_from_slice(&(z.len() as u32).to_le_bytes());
+    v.extend_from_slice(z);
+    v.resize(v.len() + raw_len - raw_len / 2, 0);
+    v
+}
+
+#[test]
+fn the_bomb_is_a_valid_zstd_frame() {
+    let out = zstd::stream::decode_all(&bomb(8)[..]).unwrap();
+    assert_eq!(out.len(), 1 << 20);
+    assert!(out.iter().all(|b| *b == 0));
+    assert_eq!(bomb(8192).len(), 6 + 4 * 8192);
+}
+
+/// Write `bytes` as they are, then up to `filler` bytes of zeros (what a sink that believed a
+/// declared length would go on reading), until the sink hangs up.
+fn blast(p: &mut Peer, bytes: &[u8], filler: usize) {
+    if p.w.flush().is_err() || p.raw.write_all(bytes).is_err() {
+        return;
+    }
+    let zeros = vec![0u8; 64 << 10];
+    let mut left = filler;
+    while left > 0 {
+        let n = left.min(zeros.len());
+        if p.raw.write_all(&zeros[..n]).is_err() {
+            return;
+        }
+        left -= n;
+    }
+}
+
+/// Hang up and return the sink's error (it must have one).
+fn sink_error(p: Peer) -> String {
+    let Peer { r, w, raw, sink } = p;
+    drop((r, w));
+    let _ = raw.shutdown(Shutdown::Both);
+    drop(raw);
+    match sink.join().unwrap() {
+        Ok(()) => panic!("the sink accepted the session"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A root (`<base>/root`) and what is beside it.
+struct Place {
+    base: tempfile::TempDir,
+}
+
+impl Place {
+    fn new() -> Place {
+        let base = tempfile::tempdir().unwrap();
+        fs::create_dir(base.path().join("root")).unwrap();
+        Place { base }
+    }
+
+    fn root(&self) -> std::path::PathBuf {
+        self.base.path().join("root")
+    }
+
+    /// Nothing beside the root, nothing in it but mtr's state and `allowed`.
+    fn assert_clean(&self, allowed: &[&str], what: &str) {
+        assert_eq!(names(self.base.path()), ["root"], "{what}: written outside");
+        for n in names(&self.root()) {
+            assert!(
+                n == ".mtr-sync" || allowed.contains(&n.as_str()),
+                "{what}: {n} was placed"
+            );
+        }
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Incompressible bytes: a file of a few chunks.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+/// `a.bin` (several chunks) and its chunk list.
+fn file_a() -> (Vec<u8>, Entry, Vec<ChunkSpec>) {
+    let data = noise(600_000, 9);
+    let (e, c) = file_entry("a.bin", &data);
+    assert!(c.len() > 1);
+    (data, e, c)
+}
+
+/// Where each chunk of `c` is in its file.
+fn chunk<'a>(data: &'a [u8], c: &[ChunkSpec], i: usize) -> &'a [u8] {
+    let off: usize = c[..i].iter().map(|c| c.len as usize).sum();
+    &data[off..off + c[i].len as usize]
+}
+
+/// Send the batch writing `a.bin`; returns what the sink asked for.
+fn start_batch(p: &mut Peer, e: &Entry, c: &[ChunkSpec]) -> Vec<Hash> {
+    p.w.msg(&ToSink::Ops {
+        ops: vec![Op::Upsert {
+            entry: e.clone(),
+            chunks: Some(c.to_vec()),
+        }],
+    })
+    .unwrap();
+    p.w.flush().unwrap();
+    match p.r.msg::<FromSink>().unwrap() {
+        FromSink::Need { hashes } => hashes,
+        other => panic!("expected Need, got {other:?}"),
+    }
+}
+
+/// When a hostile frame arrives: between batches, or in the middle of one.
+#[derive(Clone, Copy, Debug)]
+enum When {
+    Idle,
+    InBatch,
+}
+
+/// Frame headers that declare lengths far past the limits, and what the sink says.
+fn huge_frames(hash: &Hash) -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    vec![
+        (
+            "a 4 GiB message",
+            header(u32::MAX, KIND_MSG),
+            "exceeds the limit",
+        ),
+        (
+            "a 4 GiB compressed message",
+            header(u32::MAX, KIND_ZMSG),
+            "out of bounds",
+        ),
+        (
+            "a message declaring 4 GiB once decompressed",
+            zmsg_frame(u32::MAX, &[0; 16]),
+            "over the limit",
+        ),
+        (
+            "a 4 GiB data frame",
+            header(u32::MAX, KIND_DATA),
+            "out of bounds",
+        ),
+        (
+            "a chunk declaring 4 GiB",
+            data_frame(hash, CODEC_ZSTD, u32::MAX, &[0; 16]),
+            "over the limit",
+        ),
+        (
+            "a frame of no known kind",
+            header(16, 9),
+            "unknown frame kind",
+        ),
+    ]
+}
+
+/// One session: `When`, then `bytes`, then `filler` bytes; returns the sink's error.
+fn hostile_frame(root: &Path, when: When, bytes: &[u8], filler: usize) -> String {
+    let (_, e, c) = file_a();
+    let mut p = connect(root);
+    if let When::InBatch = when {
+        start_batch(&mut p, &e, &c);
+    }
+    blast(&mut p, bytes, filler);
+    sink_error(p)
+}
+
+#[test]
+fn huge_declared_lengths_are_refused_before_allocation() {
+    let place = Place::new();
+    let (_, _, c) = file_a();
+    for when in [When::Idle, When::InBatch] {
+        for (what, bytes, expected) in huge_frames(&c[0].hash) {
+            let msg = hostile_frame(&place.root(), when, &bytes, 1 << 20);
+            assert!(msg.contains(expected), "{what} ({when:?}): {msg}");
+            place.assert_clean(&[], what);
+        }
+    }
+}
+
+#[test]
+fn decompression_bombs_stop_at_the_declared_length() {
+    let place = Place::new();
+    let (data, _, c) = file_a();
+    let (hash, len) = (c[0].hash, c[0].len);
+    let gib = bomb(8192);
+    let zeros = |n: usize| zstd::bulk::compress(&vec![0u8; n], 1).unwrap();
+    let in_batch = [
+        (
+            "a zstd chunk expanding to 1 GiB",
+            data_frame(&hash, CODEC_ZSTD, len, &gib),
+            "corrupt compressed chunk",
+        ),
+        (
+            "a shuffled chunk whose plane expands to 1 GiB",
+            data_frame(&hash, CODEC_SHUFFLE16, len, &shuffled(&gib, len)),
+            "corrupt compressed chunk",
+        ),
+        (
+            "a zstd chunk shorter than declared",
+            data_frame(&hash, CODEC_ZSTD, len, &zeros(len as usize - 1)),
+            "declared",
+        ),
+        (
+            "a zstd chunk of the right length and the wrong bytes",
+            data_frame(&hash, CODEC_ZSTD, len, &zeros(len as usize)),
+            "does not match its hash",
+        ),
+        (
+            "a raw chunk of the right length and the wrong bytes",
+            data_frame(&hash, 0, len, &noise(len as usize, 1)),
+            "does not match its hash",
+        ),
+        (
+            "the right bytes under another requested chunk's hash",
+            data_frame(&c[1].hash, 0, len, chunk(&data, &c, 0)),
+            "chunk",
+        ),
+    ];
+    for (what, bytes, expected) in in_batch {
+        let mut p = connect(&place.root());
+        let (_, e, _) = file_a();
+        start_batch(&mut p, &e, &c);
+        blast(&mut p, &bytes, 0);
+        p.w.msg(&ToSink::DataEnd).unwrap();
+        p.w.flush().unwrap();
+        let msg = sink_error(p);
+        assert!(msg.contains(expected), "{what}: {msg}");
+        place.assert_clean(&[], what);
+    }
+    for (what, bytes, expected) in [
+        (
+            "a message expanding to 1 GiB",
+            zmsg_frame(1 << 20, &gib),
+            "corrupt compressed message",
+        ),
+        (
+            "a message shorter than declared",
+            zmsg_frame(4096, &zeros(100)),
+            "length mismatch",
+        ),
+    ] {
+        let msg = hostile_frame(&place.root(), When::Idle, &bytes, 0);
+        assert!(msg.contains(expected), "{what}: {msg}");
+        place.assert_clean(&[], what);
+    }
+}
+
+#[test]
+fn duplicated_and_out_of_order_messages_are_refused() {
+    let (data, e, c) = file_a();
+    let send = |p: &mut Peer, i: usize| {
+        p.w.data(&c[i].hash, Codec::Raw, c[i].len, chunk(&data, &c, i))
+            .unwrap();
+    };
+    let msg = |p: &mut Peer, m: ToSink| {
+        p.w.msg(&m).unwrap();
+        p.w.flush().unwrap();
+    };
+    let hello = ToSink::Hello {
+        protocol: protocol::wire::PROTOCOL_VERSION,
+        version: VERSION.into(),
+        root: "/elsewhere".into(),
+        chunker: Chunker::default().id(),
+    };
+    // A batch's worth of ops no sink can take in one message.
+    let flood = ToSink::Ops {
+        ops: (0..50_000)
+            .map(|i| Op::Upsert {
+                entry: Entry {
+                    path: format!("flood/some/deep/directory/number-{i}"),
+                    kind: EntryKind::Dir,
+                },
+                chunks: None,
+            })
+            .collect(),
+    };
+    type Script<'a> = Box<dyn Fn(&mut Peer) + 'a>;
+    let cases: Vec<(&str, When, Script<'_>, &str)> = vec![
+        (
+            "data before any Ops",
+            When::Idle,
+            Box::new(|p: &mut Peer| {
+                send(p, 0);
+                msg(p, ToSink::DataEnd)
+            }),
+            "data frame outside a batch",
+        ),
+        (
+            "the same chunk twice",
+            When::InBatch,
+            Box::new(|p: &mut Peer| {
+                send(p, 0);
+                send(p, 0);
+                msg(p, ToSink::DataEnd)
+            }),
+            "unrequested chunk",
+        ),
+        (
+            "DataEnd before every chunk",
+            When::InBatch,
+            Box::new(|p: &mut Peer| {
+                send(p, 0);
+                msg(p, ToSink::DataEnd)
+            }),
+            "were never sent",
+        ),
+        (
+            "DataEnd outside a batch",
+            When::Idle,
+            Box::new(|p: &mut Peer| msg(p, ToSink::DataEnd)),
+            "unexpected DataEnd",
+        ),
+        (
+            "a Plan in an upload",
+            When::Idle,
+            Box::new(|p: &mut Peer| msg(p, ToSink::Plan { changes: vec![] })),
+            "unexpected Plan",
+        ),
+        (
+            "a second Hello",
+            When::Idle,
+            Box::new(|p: &mut Peer| msg(p, hello.clone())),
+            "unexpected Hello",
+        ),
+        (
+            "a second Hello in a transfer",
+            When::InBatch,
+            Box::new(|p: &mut Peer| msg(p, hello.clone())),
+            "got Hello",
+        ),
+        (
+            "Bye in the middle of a transfer",
+            When::InBatch,
+            Box::new(|p: &mut Peer| {
+                send(p, 0);
+                msg(p, ToSink::Bye)
+            }),
+            "got Bye",
+        ),
+        (
+            "Commit in the middle of a transfer",
+            When::InBatch,
+            Box::new(|p: &mut Peer| msg(p, ToSink::Commit)),
+            "got Commit",
+        ),
+        (
+            "Ops in the middle of a transfer",
+            When::InBatch,
+            Box::new(|p: &mut Peer| msg(p, flood.clone())),
+            "got Ops",
+        ),
+    ];
+    for (what, when, script, expected) in cases {
+        // A root of its own: chunks a session stored stay staged for the next one.
+        let place = Place::new();
+        let mut p = connect(&place.root());
+        if let When::InBatch = when {
+            let need = start_batch(&mut p, &e, &c);
+            assert_eq!(need.len(), c.len());
+        }
+        script(&mut p);
+        let said = sink_error(p);
+        assert!(said.contains(expected), "{what}: {said}");
+        // An error names what came, never all of it.
+        assert!(said.len() < 300, "{what}: a {} byte error", said.len());
+        place.assert_clean(&[], what);
+    }
+
+    // A chunk again once its batch is done.
+    let place = Place::new();
+    let mut p = connect(&place.root());
+    start_batch(&mut p, &e, &c);
+    for i in 0..c.len() {
+        send(&mut p, i);
+    }
+    msg(&mut p, ToSink::DataEnd);
+    assert!(matches!(
+        p.r.msg::<FromSink>().unwrap(),
+        FromSink::BatchDone
+    ));
+    send(&mut p, 0);
+    p.w.flush().unwrap();
+    let said = sink_error(p);
+    assert!(said.contains("data frame outside a batch"), "{said}");
+    place.assert_clean(&["a.bin"], "a chunk after its batch");
+
+    // Chunks in another order than asked for are fine: each goes where its hash says.
+    fs::remove_file(place.root().join("a.bin")).unwrap();
+    let mut p = connect(&place.root());
+    start_batch(&mut p, &e, &c);
+    for i in (0..c.len()).rev() {
+        send(&mut p, i);
+    }
+    msg(&mut p, ToSink::DataEnd);
+    assert!(matches!(
+        p.r.msg::<FromSink>().unwrap(),
+        FromSink::BatchDone
+    ));
+    msg(&mut p, ToSink::Commit);
+    assert!(matches!(
+        p.r.msg::<FromSink>().unwrap(),
+        FromSink::Committed { .. }
+    ));
+    source::bye(&mut p.w).unwrap();
+    p.sink.join().unwrap().unwrap();
+    assert!(fs::read(place.root().join("a.bin")).unwrap() == data);
+}
+
+#[test]
+fn a_symlink_committed_earlier_is_never_written_through() {
+    let place = Place::new();
+    let outside = place.base.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("victim"), b"victim").unwrap();
+    let link = |path: &str, target: &Path| Op::Upsert {
+        entry: Entry {
+            path: path.into(),
+            kind: EntryKind::Symlink {
+                target: target.to_str().unwrap().into(),
+            },
+        },
+        chunks: None,
+    };
+    let dir = |path: &str| Op::Upsert {
+        entry: Entry {
+            path: path.into(),
+            kind: EntryKind::Dir,
+        },
+        chunks: None,
+    };
+    // An upload may carry a link out of the tree: it is kept as a link.
+    applied(&place.root(), vec![link("link", &outside), dir("d")]);
+    assert_eq!(fs::read_link(place.root().join("link")).unwrap(), outside);
+
+    let (e, c) = file_entry("link/pwned", b"evil");
+    let (victim, vc) = file_entry("link/victim", b"evil");
+    for (what, ops) in [
+        (
+            "a file",
+            vec![Op::Upsert {
+                entry: e,
+                chunks: Some(c),
+            }],
+        ),
+        (
+            "a file over one there",
+            vec![Op::Upsert {
+                entry: victim.clone(),
+                chunks: Some(vc.clone()),
+            }],
+        ),
+        ("a directory", vec![dir("link/sub")]),
+        ("a symlink", vec![link("link/l2", Path::new("/"))]),
+        (
+            "a moved directory",
+            vec![Op::Move {
+                from: "d".into(),
+                entry: Entry {
+                    path: "link/d".into(),
+                    kind: EntryKind::Dir,
+                },
+                chunks: None,
+            }],
+        ),
+    ] {
+        let msg = refused(&place.root(), ops);
+        assert!(msg.contains("symlink"), "{what}: {msg}");
+    }
+    // A move from behind it moves nothing: the sink wrote nothing there, so it asks for the
+    // data instead (which never comes).
+    let msg = refused(
+        &place.root(),
+        vec![Op::Move {
+            from: "link/victim".into(),
+            entry: Entry {
+                path: "stolen".into(),
+                ..victim.clone()
+            },
+            chunks: Some(vc.clone()),
+        }],
+    );
+    assert!(msg.contains("never sent"), "{msg}");
+    // Deleting or forgetting through it touches nothing: the sink never wrote there.
+    applied(
+        &place.root(),
+        vec![
+            Op::Delete {
+                path: "link/victim".into(),
+            },
+            Op::Forget {
+                path: "link/victim".into(),
+            },
+        ],
+    );
+    assert_eq!(names(&outside), ["victim"]);
+    assert_eq!(fs::read(outside.join("victim")).unwrap(), b"victim");
+    assert!(!place.root().join("stolen").exists());
+
+    // The link itself can be replaced by a file: the link goes, not what it points to.
+    let mut p = connect(&place.root());
+    let data = b"a file now".to_vec();
+    let (f, fc) = file_entry("link", &data);
+    run_batch(
+        &mut p,
+        vec![Op::Upsert {
+            entry: f,
+            chunks: Some(fc.clone()),
+        }],
+        &data,
+        &fc,
+    );
+    source::bye(&mut p.w).unwrap();
+    p.sink.join().unwrap().unwrap();
+    assert_eq!(fs::read(place.root().join("link")).unwrap(), data);
+    assert!(!fs::symlink_metadata(place.root().join("link"))
+        .unwrap()
+        .is_symlink());
+    assert_eq!(names(&outside), ["victim"]);
+    assert_eq!(fs::read(outside.join("victim")).unwrap(), b"victim");
+    assert_eq!(names(place.base.path()), ["outside", "root"]);
+}
+
+// ---- Memory ---------------------------------------------------------------------------
+
+/// Set in the process [`memory_stays_bounded_under_hostile_frames`] starts.
+const MEMORY_CHILD: &str = "MTR_HOSTILE_MEMORY_CHILD";
+
+/// This process's peak resident memory (`VmHWM`), in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/self/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Runs `test` of this binary alone in a process of its own (peak memory is per process, and
+/// other tests run on other threads of this one).
+fn run_alone(test: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--include-ignored", "--nocapture"])
+        .env(MEMORY_CHILD, "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+    eprint!("{stderr}");
+}
+
+#[test]
+fn memory_stays_bounded_under_hostile_frames() {
+    run_alone("hostile_frames_in_a_process_of_their_own");
+}
+
+#[test]
+#[ignore = "run alone by memory_stays_bounded_under_hostile_frames"]
+fn hostile_frames_in_a_process_of_their_own() {
+    if std::env::var_os(MEMORY_CHILD).is_none() {
+        return;
+    }
+    let place = Place::new();
+    let (_, _, c) = file_a();
+    // Warm up: an honest batch with compressed chunks (threads, zstd contexts, buffers).
+    let text: Vec<u8> = (0..400_000u32)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
+    let (te, tc) = file_entry("text.txt", &text);
+    let mut p = connect(&place.root());
+    p.w.msg(&ToSink::Ops {
+        ops: vec![Op::Upsert {
+            entry: te,
+            chunks: Some(tc.clone()),
+        }],
+    })
+    .unwrap();
+    p.w.flush().unwrap();
+    assert!(matches!(
+        p.r.msg::<FromSink>().unwrap(),
+        FromSink::Need { .. }
+    ));
+    for i in 0..tc.len() {
+        let raw = chunk(&text, &tc, i);
+        let (codec, z) = protocol::compress::compress(raw).unwrap();
+        p.w.data(&tc[i].hash, codec, tc[i].len, &z).unwrap();
+    }
+    p.w.msg(&ToSink::DataEnd).unwrap();
+    p.w.msg(&ToSink::Bye).unwrap();
+    p.w.flush().unwrap();
+    assert!(matches!(
+        p.r.msg::<FromSink>().unwrap(),
+        FromSink::BatchDone
+    ));
+    p.sink.join().unwrap().unwrap();
+
+    let before = peak_rss_kib();
+    let gib = bomb(8192);
+    let (hash, len) = (c[0].hash, c[0].len);
+    let mut sessions = 0;
+    for _round in 0..4 {
+        for when in [When::Idle, When::InBatch] {
+            for (what, bytes, expected) in huge_frames(&hash) {
+                // What a sink that trusted the header would read: well past the bound.
+                let msg = hostile_frame(&place.root(), when, &bytes, 128 << 20);
+                assert!(msg.contains(expected), "{what}: {msg}");
+                sessions += 1;
+            }
+        }
+        for (what, bytes) in [
+            ("zstd bomb", data_frame(&hash, CODEC_ZSTD, len, &gib)),
+            (
+                "shuffled bomb",
+                data_frame(&hash, CODEC_SHUFFLE16, len, &shuffled(&gib, len)),
+            ),
+        ] {
+            let (_, e, _) = file_a();
+            let mut p = connect(&place.root());
+            start_batch(&mut p, &e, &c);
+            // The bomb as every chunk the batch needs, again and again.
+            for _ in 0..c.len() {
+                blast(&mut p, &bytes, 0);
+            }
+            let _ = p.w.msg(&ToSink::DataEnd);
+            let _ = p.w.flush();
+            let msg = sink_error(p);
+            assert!(msg.contains("chunk"), "{what}: {msg}");
+            sessions += 1;
+        }
+        let msg = hostile_frame(&place.root(), When::Idle, &zmsg_frame(1 << 20, &gib), 0);
+        assert!(msg.contains("corrupt compressed message"), "{msg}");
+        // A message as large as allowed, of which a few bytes come: the length alone costs
+        // no memory.
+        let mut bytes = header(64 << 20, KIND_MSG);
+        bytes.extend_from_slice(&[7; 1024]);
+        let msg = hostile_frame(&place.root(), When::Idle, &bytes, 0);
+        assert!(msg.contains("ended inside a frame"), "{msg}");
+        sessions += 2;
+    }
+    let after = peak_rss_kib();
+    eprintln!(
+        "peak RSS {before} KiB before {sessions} hostile sessions, {after} KiB after \
+         (+{} KiB)",
+        after - before
+    );
+    assert!(
+        after - before < 64 << 10,
+        "hostile frames cost {} KiB",
+        after - before
+    );
+    place.assert_clean(&["text.txt"], "hostile sessions");
 }

@@ -113,3 +113,29 @@ impl Project {
         }
     }
 }
+
+/// The bytes a sync exchanged after the handshake, from its `-v` summary ("... X on the wire
+/// ..."). The summary rounds to one decimal of its unit (±50 KB in MB, ±50 MB in GB).
+pub fn wire_bytes(stderr: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("on the wire"))
+        .unwrap_or_else(|| panic!("no summary in:\n{stderr}"));
+    let before = line.split(" on the wire").next().unwrap();
+    let mut words = before.rsplit(' ');
+    let unit = words.next().unwrap();
+    let num: f64 = words
+        .next()
+        .unwrap()
+        .trim_start_matches('(')
+        .parse()
+        .unwrap();
+    let mult = match unit {
+        "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        u => panic!("unit {u}"),
+    };
+    (num * mult) as u64
+}
