@@ -526,7 +526,7 @@ fn start_mode(
                         remote_path: path,
                     }));
                 }
-                let mut writer = FrameWriter::new(Outgoing(channel.stream(0)));
+                let mut writer = FrameWriter::new(Outgoing::new(ssh.session(), channel.stream(0)));
                 let greeting = match mode {
                     Mode::Send(request) => {
                         protocol::get::request(&mut reader, &mut writer, request, agent.version)

@@ -989,11 +989,46 @@ mod live_tests {
 /// read, so a writer that flushes could lose what the peer sent meanwhile (an agent's error,
 /// say). A blocking write has handed everything to the transport already: flushing it is a
 /// no-op here.
-pub struct Outgoing(pub ssh2::Stream);
+///
+/// A write that makes no progress for [`WRITE_STALL`] fails: libssh2 waits for window space
+/// forever, even on a channel whose process died (the server closes it, the window never
+/// opens), and the peer (`mtr-agent`) reads continuously while a transfer lasts.
+pub struct Outgoing {
+    stream: ssh2::Stream,
+    session: Session,
+}
+
+/// How long one write to the agent may wait for the channel to take data.
+pub const WRITE_STALL: Duration = Duration::from_secs(20);
+
+impl Outgoing {
+    pub fn new(session: &Session, stream: ssh2::Stream) -> Outgoing {
+        Outgoing {
+            stream,
+            session: session.clone(),
+        }
+    }
+}
 
 impl std::io::Write for Outgoing {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
+        let before = self.session.timeout();
+        self.session.set_timeout(millis(WRITE_STALL));
+        let written = self.stream.write(buf);
+        self.session.set_timeout(before);
+        written.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::TimedOut || e.to_string().contains("timed out") {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the remote end took no data for {} s (did mtr-agent die?)",
+                        WRITE_STALL.as_secs()
+                    ),
+                )
+            } else {
+                e
+            }
+        })
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
