@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use testkit::gen::{self, tree_equal};
-use util::Project;
+use util::{amount, Project};
 
 /// `mtr --no-tty -v --no-sync --get REMOTE ARGS...` from the project root.
 fn get(p: &Project, remote: &str, args: &[&str]) -> Output {
@@ -38,31 +38,6 @@ fn get_ok(p: &Project, remote: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     stderr
-}
-
-/// The amount before `what` in the summary line (`... 1.2 MB of file data received ...`).
-fn amount(stderr: &str, what: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains(what))
-        .unwrap_or_else(|| panic!("no {what:?} in:\n{stderr}"));
-    let before = line.split(what).next().unwrap().trim_end();
-    let mut words = before.rsplit(' ');
-    let unit = words.next().unwrap();
-    let num: f64 = words
-        .next()
-        .unwrap()
-        .trim_start_matches('(')
-        .parse()
-        .unwrap();
-    let mult = match unit {
-        "B" => 1.0,
-        "KB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        u => panic!("unit {u} in {line}"),
-    };
-    (num * mult) as u64
 }
 
 /// Makes the remote account own everything under `path` (generated as root).

@@ -6,32 +6,7 @@ mod util;
 use std::fs;
 
 use testkit::sshd::Server;
-use util::Project;
-
-fn wire_bytes(stderr: &str) -> u64 {
-    // The -v summary says "... X on the wire ..." with a unit.
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("on the wire"))
-        .unwrap_or_else(|| panic!("no summary in:\n{stderr}"));
-    let before = line.split(" on the wire").next().unwrap();
-    let mut words = before.rsplit(' ');
-    let unit = words.next().unwrap();
-    let num: f64 = words
-        .next()
-        .unwrap()
-        .trim_start_matches('(')
-        .parse()
-        .unwrap();
-    let mult = match unit {
-        "B" => 1.0,
-        "KB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        u => panic!("unit {u}"),
-    };
-    (num * mult) as u64
-}
+use util::{wire_bytes, Project};
 
 #[test]
 fn first_sync_copies_the_tree_and_a_second_is_a_noop() {

@@ -8,6 +8,9 @@
 //! each is refused with an error, nothing is written outside the destination, and memory stays
 //! bounded (measured in a process of its own).
 
+mod common;
+use common::*;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -167,23 +170,10 @@ fn assert_same(remote: &Path, local: &Path) {
     assert_eq!(snapshot(remote), snapshot(local), "the download differs");
 }
 
-/// Deterministic incompressible bytes.
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
 /// Overwrite `len` bytes at `at` with other random bytes, keeping the file's mtime moving.
 fn overwrite(path: &Path, at: usize, len: usize, seed: u64) {
     let mut data = fs::read(path).unwrap();
-    data[at..at + len].copy_from_slice(&random(len, seed));
+    data[at..at + len].copy_from_slice(&noise(len, seed));
     fs::write(path, data).unwrap();
 }
 
@@ -192,7 +182,7 @@ fn remote_tree(s: &Setup) {
     fs::create_dir_all(r.join("ckpt/empty")).unwrap();
     fs::create_dir_all(r.join("ünïcødé 目录")).unwrap();
     fs::write(r.join("log.txt"), "epoch 1\n").unwrap();
-    fs::write(r.join("ckpt/model.bin"), random(600_000, 1)).unwrap();
+    fs::write(r.join("ckpt/model.bin"), noise(600_000, 1)).unwrap();
     fs::write(r.join("run.sh"), "#!/bin/sh\n").unwrap();
     fs::set_permissions(r.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(r.join("ünïcødé 目录/ファイル.txt"), "こんにちは").unwrap();
@@ -223,7 +213,7 @@ fn a_directory_arrives_under_the_local_name_and_a_second_get_is_a_noop() {
 fn a_single_file_gets_the_local_name_and_a_change_moves_only_itself() {
     let s = Setup::new();
     let remote = s.remote("model.bin");
-    fs::write(&remote, random(4 << 20, 2)).unwrap();
+    fs::write(&remote, noise(4 << 20, 2)).unwrap();
     let first = s.get_ok(remote.to_str().unwrap(), "other-name.bin");
     assert_eq!(first.stats.bytes_received, 4 << 20);
     assert_same(&remote, &s.local("other-name.bin"));
@@ -247,8 +237,8 @@ fn files_already_at_the_destination_are_reused_without_an_index() {
     let s = Setup::new();
     let remote = s.remote("data");
     fs::create_dir_all(&remote).unwrap();
-    fs::write(remote.join("a.bin"), random(3 << 20, 4)).unwrap();
-    fs::write(remote.join("b.bin"), random(1 << 20, 5)).unwrap();
+    fs::write(remote.join("a.bin"), noise(3 << 20, 4)).unwrap();
+    fs::write(remote.join("b.bin"), noise(1 << 20, 5)).unwrap();
     // An older copy of the tree, made by other means: no state for it anywhere.
     fs::create_dir_all(s.local("data")).unwrap();
     fs::copy(remote.join("a.bin"), s.local("data/a.bin")).unwrap();
@@ -277,7 +267,7 @@ fn files_already_at_the_destination_are_reused_without_an_index() {
 
     // A single file that is already identical is only adopted.
     let single = s.remote("single.bin");
-    fs::write(&single, random(2 << 20, 7)).unwrap();
+    fs::write(&single, noise(2 << 20, 7)).unwrap();
     fs::copy(&single, s.local("single.bin")).unwrap();
     let got = s.get_ok(single.to_str().unwrap(), "single.bin");
     assert_eq!(got.stats.bytes_received, 0, "{got:?}");
@@ -353,7 +343,7 @@ fn what_the_source_skips_is_reported() {
 fn a_remote_path_that_is_a_symlink_is_followed() {
     let s = Setup::new();
     fs::create_dir_all(s.remote("ckpt/step-100")).unwrap();
-    fs::write(s.remote("ckpt/step-100/model.bin"), random(100_000, 11)).unwrap();
+    fs::write(s.remote("ckpt/step-100/model.bin"), noise(100_000, 11)).unwrap();
     symlink("ckpt/step-100", s.remote("latest")).unwrap();
     symlink("ckpt/step-100/model.bin", s.remote("latest.bin")).unwrap();
     s.get_ok(s.remote("latest").to_str().unwrap(), "latest");
@@ -397,7 +387,7 @@ fn a_moved_directory_never_carries_a_symlink_out_of_the_destination() {
     let s = Setup::new();
     let r = s.remote("links");
     fs::create_dir_all(r.join("deep/sub")).unwrap();
-    fs::write(r.join("deep/sub/f"), random(50_000, 3)).unwrap();
+    fs::write(r.join("deep/sub/f"), noise(50_000, 3)).unwrap();
     fs::write(r.join("x"), "x").unwrap();
     // Inside the destination from here (to links/x), out of it one level up.
     symlink("../../x", r.join("deep/sub/link")).unwrap();
@@ -411,7 +401,7 @@ fn a_moved_directory_never_carries_a_symlink_out_of_the_destination() {
         "a moved symlink now points out of the destination"
     );
     assert!(got.warnings.iter().any(|w| w.contains("sub/link")));
-    assert_eq!(fs::read(local.join("sub/f")).unwrap(), random(50_000, 3));
+    assert_eq!(fs::read(local.join("sub/f")).unwrap(), noise(50_000, 3));
     assert!(!local.join("deep/sub").exists());
 }
 
@@ -705,61 +695,6 @@ fn an_agent_of_another_version_is_reported() {
 
 // ---- A fake agent sending what no real one does ------------------------------------------
 
-/// Frame kinds and chunk codecs as they are on the wire (`protocol::codec`).
-const KIND_MSG: u8 = 0;
-const KIND_DATA: u8 = 1;
-const KIND_ZMSG: u8 = 2;
-const CODEC_RAW: u8 = 0;
-const CODEC_ZSTD: u8 = 1;
-const CODEC_SHUFFLE16: u8 = 2;
-
-/// A frame header: the length of what follows the length field, and the kind.
-fn header(len: u32, kind: u8) -> Vec<u8> {
-    let mut v = len.to_le_bytes().to_vec();
-    v.push(kind);
-    v
-}
-
-/// A data frame with any codec byte and declared raw length.
-fn data_frame(hash: &Hash, codec: u8, raw_len: u32, payload: &[u8]) -> Vec<u8> {
-    let mut v = header((1 + 32 + 1 + 4 + payload.len()) as u32, KIND_DATA);
-    v.extend_from_slice(hash);
-    v.push(codec);
-    v.extend_from_slice(&raw_len.to_le_bytes());
-    v.extend_from_slice(payload);
-    v
-}
-
-/// A compressed message frame declaring `raw_len` bytes once decompressed.
-fn zmsg_frame(raw_len: u32, z: &[u8]) -> Vec<u8> {
-    let mut v = header((1 + 4 + z.len()) as u32, KIND_ZMSG);
-    v.extend_from_slice(&raw_len.to_le_bytes());
-    v.extend_from_slice(z);
-    v
-}
-
-/// A zstd frame of `blocks` RLE blocks of 128 KiB of zeros (4 bytes each on the wire).
-fn bomb(blocks: usize) -> Vec<u8> {
-    let mut z = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38];
-    for i in 0..blocks {
-        let last = u32::from(i + 1 == blocks);
-        let block = (128u32 << 10) << 3 | 1 << 1 | last;
-        z.extend_from_slice(&block.to_le_bytes()[..3]);
-        z.push(0);
-    }
-    z
-}
-
-/// A [`Codec::Shuffle16`] payload for `raw_len` bytes whose compressed plane is `z`.
-fn shuffled(z: &[u8], raw_len: u32) -> Vec<u8> {
-    let raw_len = raw_len as usize;
-    let mut v = vec![1];
-    v.extend_from_slice(&(z.len() as u32).to_le_bytes());
-    v.extend_from_slice(z);
-    v.resize(v.len() + raw_len - raw_len / 2, 0);
-    v
-}
-
 /// Where a download lands (`<base>/downloads/out`), mtr's state for it, and a directory
 /// beside them that must stay as it is.
 struct Land {
@@ -872,7 +807,7 @@ fn fake_agent(land: &Land, greet: bool) -> Fake {
 
 /// The file the fake sends, `out/a.bin` (several chunks).
 fn a_bin() -> (Vec<u8>, Vec<ChunkSpec>) {
-    let data = random(600_000, 21);
+    let data = noise(600_000, 21);
     let c = chunker::specs(&Chunker::default().chunk(&data));
     assert!(c.len() > 1);
     (data, c)
@@ -1033,7 +968,7 @@ fn decompression_bombs_and_wrong_chunks_from_the_agent_are_refused() {
         ),
         (
             "a raw chunk of the right length and the wrong bytes",
-            data_frame(&hash, CODEC_RAW, len, &random(len as usize, 5)),
+            data_frame(&hash, CODEC_RAW, len, &noise(len as usize, 5)),
             "does not match its hash",
         ),
         (

@@ -117,11 +117,16 @@ impl Project {
 /// The bytes a sync exchanged after the handshake, from its `-v` summary ("... X on the wire
 /// ..."). The summary rounds to one decimal of its unit (±50 KB in MB, ±50 MB in GB).
 pub fn wire_bytes(stderr: &str) -> u64 {
+    amount(stderr, "on the wire")
+}
+
+/// The amount before `what` in a summary line (`... 1.2 MB of file data received ...`).
+pub fn amount(stderr: &str, what: &str) -> u64 {
     let line = stderr
         .lines()
-        .find(|l| l.contains("on the wire"))
-        .unwrap_or_else(|| panic!("no summary in:\n{stderr}"));
-    let before = line.split(" on the wire").next().unwrap();
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no {what:?} in:\n{stderr}"));
+    let before = line.split(what).next().unwrap().trim_end();
     let mut words = before.rsplit(' ');
     let unit = words.next().unwrap();
     let num: f64 = words
@@ -135,7 +140,7 @@ pub fn wire_bytes(stderr: &str) -> u64 {
         "KB" => 1e3,
         "MB" => 1e6,
         "GB" => 1e9,
-        u => panic!("unit {u}"),
+        u => panic!("unit {u} in {line}"),
     };
     (num * mult) as u64
 }
