@@ -1026,12 +1026,12 @@ impl Bench {
             "link_measured": self.rates.json(),
             "load_average": {"start": self.load_start, "end": load_average()},
             "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
-            "rsync_version": first_line_of(Command::new("rsync").arg("--version")),
+            "rsync_version": run::first_line(Command::new("rsync").arg("--version")),
             "source_revision": self.revision,
-            "mtr_version": self.mtr.as_ref().ok().map(|b| first_line_of(Command::new(b).arg("--version"))),
+            "mtr_version": self.mtr.as_ref().ok().map(|b| run::first_line(Command::new(b).arg("--version"))),
             "reference": self.opts.reference.as_ref().map(|b| json!({
                 "path": b,
-                "version": first_line_of(Command::new(b).arg("--version")),
+                "version": run::first_line(Command::new(b).arg("--version")),
             })),
             "unix_time": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             "summary": summary,
@@ -1101,18 +1101,6 @@ fn last_line(text: &str) -> &str {
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
         .trim()
-}
-
-fn first_line_of(cmd: &mut Command) -> String {
-    cmd.output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned()
-        })
-        .unwrap_or_else(|e| format!("({e})"))
 }
 
 /// One server entry per mtr engine, and one for the reference tool (which reads the same file:

@@ -528,7 +528,7 @@ impl Scale {
             "link_measured": rates.json(),
             "load_average": {"start": load_start, "end": load_average()},
             "source_revision": self.revision,
-            "mtr_version": first_line(Command::new(&self.mtr).arg("--version")),
+            "mtr_version": run::first_line(Command::new(&self.mtr).arg("--version")),
             "unix_time": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             "targets": targets,
             "runs": rows,
@@ -539,16 +539,4 @@ impl Scale {
 /// KiB as MB (10^6 bytes) with one decimal, or "-".
 fn mb(kib: Option<u64>) -> String {
     kib.map_or("-".into(), |k| format!("{:.1}", k as f64 * 1024.0 / MB))
-}
-
-fn first_line(cmd: &mut Command) -> String {
-    cmd.output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned()
-        })
-        .unwrap_or_else(|e| format!("({e})"))
 }

@@ -11,6 +11,19 @@ use std::time::{Duration, Instant};
 use super::probe::{self, Sampled, Watch};
 
 /// The workspace root.
+/// The first line of what `cmd` prints (a `--version`), or why it could not run.
+pub fn first_line(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_else(|e| format!("({e})"))
+}
+
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -1761,18 +1761,21 @@ mod live_tests {
         assert_eq!(std::fs::read(&path).unwrap(), good);
     }
 
+    /// Removes a directory (the `/dev/shm` fallback base a test makes) when dropped.
+    struct RemoveOnDrop(String);
+
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
     fn a_symlink_planted_in_the_cache_is_never_followed() {
         let server = Server::start();
         let uid = server.run_as_user_ok("id -u").trim().to_string();
-        struct Cleanup(String);
-        impl Drop for Cleanup {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
         let shm = format!("/dev/shm/mtr-{uid}");
-        let _cleanup = Cleanup(shm.clone());
+        let _cleanup = RemoveOnDrop(shm.clone());
         let dir = tempfile::tempdir().unwrap();
         let ssh = connect(&server, dir.path());
         // `~/.cache/mtr/agent` leads elsewhere, to an agent of this very build's path.
@@ -1812,14 +1815,8 @@ mod live_tests {
     fn noexec_cache_falls_back_to_a_private_dir() {
         let server = Server::start();
         let uid = server.run_as_user_ok("id -u").trim().to_string();
-        struct Cleanup(String);
-        impl Drop for Cleanup {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
         let shm = format!("/dev/shm/mtr-{uid}");
-        let _cleanup = Cleanup(shm.clone());
+        let _cleanup = RemoveOnDrop(shm.clone());
         let dir = tempfile::tempdir().unwrap();
         let ssh = connect(&server, dir.path());
         // A file that cannot be executed fails like one on a noexec mount (EACCES, 126).
