@@ -487,9 +487,9 @@ pub fn scan(
     };
     // A file whose directory was renamed keeps its whole stat, so it is found under its old
     // path: by inode and a ctime older than the last scan, which a file created since (even
-    // one reusing the inode) cannot have.
-    let moved: HashMap<&StatKey, &SourceIndexEntry> =
-        known.values().map(|e| (&e.stat, *e)).collect();
+    // one reusing the inode) cannot have. Built at the first file not found by its path (a
+    // no-op never needs it).
+    let mut moved: Option<HashMap<&StatKey, &SourceIndexEntry>> = None;
     let scanned_at = index.map(|i| i.scanned_at_ns).unwrap_or(i64::MIN);
     let trusted = |st: &StatKey| trusted(st, scanned_at);
     let settled = |st: &StatKey| {
@@ -516,9 +516,13 @@ pub fn scan(
             Item::Skipped(w) => tree.warnings.push(w),
             Item::File(p, st, mode) => {
                 modes.insert(p.clone(), mode);
-                let hit = match known.get(p.as_str()) {
+                let hit = match known.get(p.as_str()).copied() {
                     Some(e) if e.stat == st => Some(e).filter(|_| trusted(&st)),
-                    _ => moved.get(&st).filter(|_| settled(&st)),
+                    _ => moved
+                        .get_or_insert_with(|| known.values().map(|e| (&e.stat, *e)).collect())
+                        .get(&st)
+                        .copied()
+                        .filter(|_| settled(&st)),
                 };
                 match hit {
                     Some(e) => reused.push((p, st, e.chunks.clone())),
