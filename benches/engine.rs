@@ -9,7 +9,10 @@
 //! - `compress`: `protocol::compress::compress` chunk by chunk (zstd, or for fp16 the shuffled
 //!   codec: zstd on the high bytes, low bytes as is), and zstd levels 1 and 3 directly on the
 //!   same chunks for comparison (text and fp16; the ratios and codecs are printed once at start);
-//! - `decompress`: `protocol::compress::decompress` of what `compress` made, by raw bytes.
+//! - `decompress`: `protocol::compress::decompress` of what `compress` made, by raw bytes;
+//! - `chunk_file`: `protocol::scan::chunk_file` of 128 MiB and 512 MiB fp16 files in the page
+//!   cache (one segment and two, read a strip at a time with `pread`): what hashing a
+//!   checkpoint costs a scan.
 //!
 //! Run: `cargo bench --bench engine` (a short run: 10 samples, 2 s each).
 //! Filter: `cargo bench --bench engine -- chunker/fp16`.
@@ -194,6 +197,23 @@ fn compression(c: &mut Criterion) {
     g.finish();
 }
 
+fn files(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let chunker = Chunker::default();
+    let mut g = c.benchmark_group("chunk_file");
+    // One segment (chunked by one thread), and two.
+    for mib in [128usize, 512] {
+        let path = dir.path().join(format!("ckpt{mib}.bin"));
+        std::fs::write(&path, inputs::fp16(mib << 20, 5)).expect("write the bench file");
+        let st = protocol::scan::stat_of(&std::fs::metadata(&path).expect("stat the bench file"));
+        g.throughput(Throughput::Bytes((mib << 20) as u64));
+        g.bench_function(format!("fp16_{mib}MiB"), |b| {
+            b.iter(|| protocol::scan::chunk_file(black_box(&path), &st, &chunker).unwrap())
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -204,6 +224,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = chunking, compression
+    targets = chunking, compression, files
 }
 criterion_main!(benches);

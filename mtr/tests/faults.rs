@@ -5,21 +5,23 @@
 //!   arrived;
 //! - two projects syncing to one `remote_dir` are serialized by the sink's lock, and a sync
 //!   that cannot get it gives up naming it;
-//!
-//! (A file truncated while mtr hashes it still kills mtr with SIGBUS — it is mapped — so the
-//! torn-file test waits for that fix.)
+//! - a file rewritten (truncated or in place) while it is synced is never recorded torn, and
+//!   mtr reports it by name instead of dying of SIGBUS.
 //!
 //! Run with `--nocapture` to see what each round measured.
 
 mod util;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -1036,6 +1038,149 @@ fn two_syncs_to_one_remote_dir_are_serialized() {
         "lock: {both_ok}/6 iterations with both syncs succeeding, one after the other; blocked sync gave up after {:.1}s: {}; test {:.1}s",
         waited.as_secs_f64(),
         r.stderr.trim(),
+        test_start.elapsed().as_secs_f64()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A file rewritten during the sync
+
+#[test]
+fn a_file_changed_while_read_is_never_recorded_torn() {
+    const LIVE: &str = "data/live.bin";
+    const SIZE: usize = 128 << 20;
+    let test_start = Instant::now();
+    let p = Project::new();
+    gen::source_tree(p.root(), 50, 300_000, 5);
+    let path = p.root().join(LIVE);
+    let versions: Mutex<HashSet<Digest>> = Mutex::new(HashSet::new());
+    let mut buf = vec![0u8; SIZE];
+    Rng::new(1000).fill(&mut buf);
+    versions.lock().unwrap().insert(bytes_hash(&buf));
+    p.write(LIVE, &buf);
+    drop(buf);
+    p.sync();
+    p.assert_synced();
+
+    let stop = AtomicBool::new(false);
+    let begun = AtomicU64::new(0);
+    let (mut ok, mut failed) = (0, 0);
+    let mut outcomes = Vec::new();
+    let written = std::thread::scope(|s| {
+        // Rewrites the whole file (every other time truncated first, as `open(.., "wb")` does;
+        // else in place) with a new
+        // version, continuously (no pause inside a version), then pauses 0.3–2.5 s.
+        let writer = s.spawn(|| {
+            let mut rng = Rng::new(77);
+            let mut buf = vec![0u8; SIZE];
+            let mut k = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                k += 1;
+                Rng::new(1000 + k).fill(&mut buf);
+                versions.lock().unwrap().insert(bytes_hash(&buf));
+                begun.store(k, Ordering::Relaxed);
+                let f = OpenOptions::new()
+                    .write(true)
+                    .truncate(k.is_multiple_of(2))
+                    .open(&path)
+                    .unwrap();
+                for (i, piece) in buf.chunks(4 << 20).enumerate() {
+                    f.write_all_at(piece, (i * (4 << 20)) as u64).unwrap();
+                }
+                drop(f);
+                let pause = Instant::now() + Duration::from_millis(300 + rng.below(2200) as u64);
+                while Instant::now() < pause && !stop.load(Ordering::Relaxed) {
+                    sleep(Duration::from_millis(20));
+                }
+            }
+            (k, buf)
+        });
+        // The writer stops when this scope ends, a failed assertion included.
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
+        let started = Instant::now();
+        let mut rng = Rng::new(78);
+        let mut seen = 0;
+        let mut n = 0;
+        // At least 12 syncs (more chances to read the file as it is rewritten), until both
+        // outcomes were seen twice; at most 20 syncs or 100 s.
+        while n < 20
+            && !(n >= 12 && ok >= 2 && failed >= 2)
+            && started.elapsed() < Duration::from_secs(100)
+        {
+            n += 1;
+            // Each sync has a new version to send: it starts 0–1.2 s after one was begun.
+            let waiting = Instant::now();
+            while begun.load(Ordering::Relaxed) == seen
+                && waiting.elapsed() < Duration::from_secs(5)
+            {
+                sleep(Duration::from_millis(10));
+            }
+            seen = begun.load(Ordering::Relaxed);
+            sleep(Duration::from_millis(rng.below(1200) as u64));
+            let t = Instant::now();
+            let out = p
+                .mtr()
+                .args(["--no-tty", "-v", "--sync-only"])
+                .output()
+                .unwrap();
+            let secs = t.elapsed().as_secs_f64();
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            let remote = file_hash(&p.remote().join(LIVE));
+            assert!(
+                versions.lock().unwrap().contains(&remote),
+                "sync {n} ({:?}): the remote {LIVE} is no complete version the writer wrote:\n{stderr}",
+                out.status
+            );
+            if out.status.success() {
+                ok += 1;
+                outcomes.push(format!("sync {n}: ok in {secs:.2}s"));
+            } else {
+                // A signal here is mtr killed by its own read of the file: SIGBUS when a file it
+                // maps shrinks under it.
+                assert_eq!(
+                    out.status.code(),
+                    Some(255),
+                    "sync {n} ended by {:?} (signal {:?}) instead of an error naming {LIVE}:\n{stderr}",
+                    out.status,
+                    out.status.signal()
+                );
+                assert!(
+                    stderr.contains(LIVE),
+                    "sync {n} failed without naming {LIVE}:\n{stderr}"
+                );
+                failed += 1;
+                let line = stderr
+                    .lines()
+                    .find(|l| l.contains(LIVE))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                outcomes.push(format!("sync {n}: failed in {secs:.2}s: {line}"));
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap()
+    });
+    for o in &outcomes {
+        println!("{o}");
+    }
+    let (versions_written, last) = written;
+    assert!(
+        failed >= 1,
+        "no sync ever saw the file change ({ok} succeeded while {versions_written} versions were written)"
+    );
+    // Nothing torn was recorded as synced: one more sync makes the remote the local file.
+    p.sync();
+    p.assert_synced();
+    assert_eq!(file_hash(&p.remote().join(LIVE)), bytes_hash(&last));
+    println!(
+        "live file: {ok} syncs succeeded, {failed} failed naming it, {versions_written} versions written; test {:.1}s",
         test_start.elapsed().as_secs_f64()
     );
 }

@@ -20,10 +20,6 @@ use crate::error::{Error, IoContext, Result};
 use crate::paths::{CONFIG_DIR, STATE_DIR};
 use crate::wire::{ChunkSpec, EntryKind, SourceIndex, SourceIndexEntry, StatKey, PROTOCOL_VERSION};
 
-/// Files at least this large are memory-mapped instead of read.
-const MMAP_MIN: u64 = 1 << 20;
-/// Released ranges of a mapped file start on a multiple of this (of every page size).
-const RELEASE_ALIGN: u64 = 64 << 10;
 /// Files modified this close before the previous scan are hashed again (see `scan`).
 const RACY_WINDOW_NS: i64 = 100_000_000;
 /// Name of mtr's own ignore file, honoured at every level.
@@ -320,45 +316,27 @@ pub fn rechunk_file(
     chunker: &Chunker,
     old: &[ChunkSpec],
 ) -> Result<Vec<ChunkRef>> {
-    let chunk = |data: &[u8], done: chunker::Done| {
-        if old.is_empty() {
-            chunker.chunk_with(data, done)
-        } else {
-            chunker.rechunk_with(data, old, done)
-        }
-    };
     for _attempt in 0..2 {
         let f = File::open(path).ctx("open", path)?;
         let before = stat_key(&f.metadata().ctx("stat", path)?);
-        let chunks = if before.size == 0 {
-            Vec::new()
-        } else if before.size >= MMAP_MIN {
-            // SAFETY: the map is read-only and dropped before we return; a concurrent writer can
-            // change the bytes under us, which the stat comparison below detects.
-            let map = unsafe { memmap2::Mmap::map(&f) }.ctx("map", path)?;
-            let _ = map.advise(memmap2::Advice::Sequential);
-            // Strips already chunked leave the resident set (they stay in the page cache): a
-            // multi-GB file costs a few strips of memory, not its size.
-            let done = |off: u64, len: u64| {
-                let start = off & !(RELEASE_ALIGN - 1);
-                // SAFETY: a shared read-only file mapping: a dropped page reads back from the
-                // file if touched again, so the map's bytes stay what they were.
-                let _ = unsafe {
-                    map.unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        start as usize,
-                        (off + len - start) as usize,
-                    )
-                };
-            };
-            chunk(&map, &done)
+        // Read, never mapped: a mapped file truncated by another process while it is hashed
+        // would kill mtr with SIGBUS. The file is read a strip at a time, so its size costs
+        // no memory.
+        advise_sequential(&f);
+        let input = FileInput {
+            file: &f,
+            size: before.size,
+        };
+        let read = if old.is_empty() {
+            chunker.chunk_input(&input)
         } else {
-            let mut buf = Vec::with_capacity(before.size as usize);
-            std::io::Read::read_to_end(&mut &f, &mut buf).ctx("read", path)?;
-            if buf.len() as u64 != before.size {
-                continue;
-            }
-            chunk(&buf, &|_, _| {})
+            chunker.rechunk_input(&input, old)
+        };
+        let chunks = match read {
+            Ok(chunks) => chunks,
+            // Shorter than its size: truncated while read. Read it again.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => continue,
+            Err(e) => return Err(e).ctx("read", path),
         };
         let after = stat_key(&std::fs::symlink_metadata(path).ctx("stat", path)?);
         if after == before && before.mtime_ns == expected.mtime_ns && before.size == expected.size {
@@ -366,6 +344,39 @@ pub fn rechunk_file(
         }
     }
     Err(Error::Changed(path.to_path_buf()))
+}
+
+/// A file of `size` bytes as chunker input, read with `pread`.
+struct FileInput<'f> {
+    file: &'f File,
+    size: u64,
+}
+
+impl chunker::Input for FileInput<'_> {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read<'a>(
+        &'a self,
+        offset: u64,
+        len: usize,
+        buf: &'a mut Vec<u8>,
+    ) -> std::io::Result<&'a [u8]> {
+        use std::os::unix::fs::FileExt;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        self.file.read_exact_at(&mut buf[..len], offset)?;
+        Ok(&buf[..len])
+    }
+}
+
+/// Tell the kernel `f` is read front to back (a larger readahead).
+fn advise_sequential(f: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain advisory call on an open descriptor; failure changes nothing.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
 }
 
 /// Whether an index entry with stat `st`, recorded by a scan that started at `scanned_at`,
