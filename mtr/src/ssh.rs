@@ -139,6 +139,12 @@ impl Ssh {
         &self.session
     }
 
+    /// libssh2's report when the connection itself failed (see [`lost`]); `None` while it
+    /// stands.
+    pub fn lost(&self) -> Option<String> {
+        lost(&self.session)
+    }
+
     /// The connection's TCP socket, for polling while the session is non-blocking.
     pub fn socket(&self) -> BorrowedFd<'_> {
         // SAFETY: the session owns the stream it was given in `connect` and keeps it open for
@@ -984,6 +990,31 @@ mod live_tests {
     }
 }
 
+/// libssh2's codes for a connection that failed under the session (its socket closed, reset
+/// or timed out; the server disconnected), as opposed to one channel or the remote process.
+const CONNECTION_LOST: [i32; 5] = [
+    -1,  // LIBSSH2_ERROR_SOCKET_NONE
+    -7,  // LIBSSH2_ERROR_SOCKET_SEND
+    -13, // LIBSSH2_ERROR_SOCKET_DISCONNECT
+    -30, // LIBSSH2_ERROR_SOCKET_TIMEOUT
+    -43, // LIBSSH2_ERROR_SOCKET_RECV
+];
+
+/// libssh2's own words when the connection under `session` failed. A read or write on a
+/// channel then fails with an `io::Error` that keeps only libssh2's message ("Failure while
+/// draining incoming flow", "transport read"), which tells a user nothing; the session's
+/// last error still has the code. Callers say plainly that the connection was lost and keep
+/// this for the log. Socket errors end a session, so one found here is never stale.
+fn lost(session: &Session) -> Option<String> {
+    let e = ssh2::Error::last_session_error(session)?;
+    match e.code() {
+        ssh2::ErrorCode::Session(code) if CONNECTION_LOST.contains(&code) => {
+            Some(e.message().to_string())
+        }
+        _ => None,
+    }
+}
+
 /// A channel stream to write to. `Write::flush` of an `ssh2::Stream` is
 /// `libssh2_channel_flush_ex`, which *discards* the data received on that stream and not yet
 /// read, so a writer that flushes could lose what the peer sent meanwhile (an agent's error,
@@ -992,7 +1023,9 @@ mod live_tests {
 ///
 /// A write that makes no progress for [`WRITE_STALL`] fails: libssh2 waits for window space
 /// forever, even on a channel whose process died (the server closes it, the window never
-/// opens), and the peer (`mtr-agent`) reads continuously while a transfer lasts.
+/// opens), and the peer (`mtr-agent`) reads continuously while a transfer lasts. A write that
+/// fails because the connection is gone says so (`ConnectionAborted`), libssh2's wording in
+/// the debug log only.
 pub struct Outgoing {
     stream: ssh2::Stream,
     session: Session,
@@ -1024,6 +1057,12 @@ impl std::io::Write for Outgoing {
                         "the remote end took no data for {} s (did mtr-agent die?)",
                         WRITE_STALL.as_secs()
                     ),
+                )
+            } else if let Some(cause) = lost(&self.session) {
+                log::debug!("writing to the remote end failed: {e} (libssh2: {cause})");
+                std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the SSH connection was lost",
                 )
             } else {
                 e

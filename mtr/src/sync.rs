@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use protocol::chunker::Chunker;
 use protocol::get::{ReceiveConfig, Received, Request};
 use protocol::scan::{Filter, ScanOptions};
@@ -94,7 +94,7 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool) -> Result<Outcome> 
             .unwrap_or_else(|_| Err(protocol::Error::Protocol("the scan panicked".into())));
         (local, agent)
     });
-    let mut agent = agent?;
+    let mut agent = agent.map_err(|e| refused(e, &target))?;
     let local = local
         .map_err(anyhow::Error::new)
         .with_context(|| format!("cannot scan {}", s.project_root.display()))?;
@@ -114,6 +114,10 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool) -> Result<Outcome> 
     let report = match result {
         Ok(r) => r,
         Err(e) => {
+            let doing = format!("syncing to {}", s.remote_dir);
+            if let Some(lost) = connection_lost(ssh, &e, &doing, "finish the sync") {
+                return Err(lost);
+            }
             // The agent's stderr says why a broken stream broke; its own error (`Remote`) is
             // complete, and the rest are ours.
             let detail = agent.abort();
@@ -142,6 +146,46 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool) -> Result<Outcome> 
         ui.info(&summary(&outcome, started.elapsed().as_secs_f64(), &target));
     }
     Ok(outcome)
+}
+
+/// The error for an agent that refused the session with an error of its own
+/// ([`protocol::Error::Remote`]: another sync holds the lock, `remote_dir` cannot be made):
+/// that error and where, in one line. What `agent_install` wraps it in (the agent's path and
+/// its stderr, which repeats the error) goes to the debug log. Other errors pass as they are.
+fn refused(e: anyhow::Error, target: &str) -> anyhow::Error {
+    let remote = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<protocol::Error>() {
+            Some(protocol::Error::Remote(m)) => Some(m.clone()),
+            _ => None,
+        });
+    match remote {
+        Some(message) => {
+            log::debug!("{e:#}");
+            anyhow!("sync to {target} failed: {message}")
+        }
+        None => e,
+    }
+}
+
+/// When a session's stream failed because the SSH connection under it did ([`Ssh::lost`]):
+/// the error that says so plainly, naming the host, and what to do (`again`). libssh2's
+/// wording ("Failure while draining incoming flow") goes to the log (`-v`), not the line.
+fn connection_lost(
+    ssh: &Ssh,
+    e: &protocol::Error,
+    doing: &str,
+    again: &str,
+) -> Option<anyhow::Error> {
+    if !matches!(e, protocol::Error::Transport(_)) {
+        return None;
+    }
+    let cause = ssh.lost()?;
+    let host = ssh.display();
+    log::info!("the connection to {host} failed while {doing}: {e} (libssh2: {cause})");
+    Some(anyhow!(
+        "the connection to {host} was lost while {doing}; run mtr again to {again}"
+    ))
 }
 
 /// Downloads `d.remote` to `d.local` with the agent engine: `mtr-agent send` is the source
@@ -189,6 +233,10 @@ pub fn get(ssh: &Ssh, _s: &Settings, ui: &Ui, d: &Download, dry_run: bool) -> Re
     let received = match result {
         Ok(r) => r,
         Err(e) => {
+            let doing = format!("downloading {} to {}", d.remote, dest.display());
+            if let Some(lost) = connection_lost(ssh, &e, &doing, "finish the download") {
+                return Err(lost);
+            }
             // The agent's stderr says why a broken stream broke; other errors are complete.
             let detail = agent.abort();
             let detail = match e {

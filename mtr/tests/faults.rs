@@ -1028,16 +1028,34 @@ fn two_syncs_to_one_remote_dir_are_serialized() {
         r.stderr
     );
     assert!(is_lock_error(&r.stderr), "{}", r.stderr);
+    // One sentence, said once: where (host and directory), the lock file, what to do; not
+    // the agent's path nor its stderr repeating the error.
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("mtr: error: "))
+        .unwrap_or_else(|| panic!("no error line:\n{}", r.stderr));
+    let who = format!("{}@127.0.0.1:{}", p1.server.user(), p1.server.port());
     assert!(
-        r.stderr.contains(&lock.display().to_string()),
-        "{}",
-        r.stderr
+        line.starts_with(&format!(
+            "mtr: error: sync to {who}:{} failed: another mtr sync still holds the lock {} \
+             after 60 s; let it finish, then run mtr again",
+            remote.display(),
+            lock.display()
+        )),
+        "{line}"
     );
+    assert_eq!(line.matches("another mtr sync").count(), 1, "{line}");
+    assert_eq!(
+        line.matches(&lock.display().to_string()).count(),
+        1,
+        "{line}"
+    );
+    assert!(!line.contains("mtr-agent"), "{line}");
     p1.assert_synced();
     println!(
-        "lock: {both_ok}/6 iterations with both syncs succeeding, one after the other; blocked sync gave up after {:.1}s: {}; test {:.1}s",
+        "lock: {both_ok}/6 iterations with both syncs succeeding, one after the other; blocked sync gave up after {:.1}s: {line}; test {:.1}s",
         waited.as_secs_f64(),
-        r.stderr.trim(),
         test_start.elapsed().as_secs_f64()
     );
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -402,6 +402,173 @@ fn a_key_the_server_does_not_accept_fails_with_255_naming_the_host_and_key() {
     assert!(line.contains("stranger"), "{line}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
     assert!(!p.remote().join("a.py").exists());
+}
+
+/// Which way a [`cutting_relay`] counts the bytes after which it cuts.
+#[derive(Clone, Copy)]
+enum Cut {
+    /// From the client to the server (an upload's data).
+    Sent(u64),
+    /// From the server to the client (a download's data).
+    Received(u64),
+}
+
+/// Copies `from` to `to` until either ends or `limit` bytes went through, then shuts down
+/// both `ends` both ways, as when the server's side of a connection goes away.
+fn pump(mut from: TcpStream, mut to: TcpStream, limit: Option<u64>, ends: [TcpStream; 2]) {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut sent = 0u64;
+    while limit.is_none_or(|l| sent < l) {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => limit.map_or(n, |l| n.min((l - sent) as usize)),
+        };
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        sent += n as u64;
+    }
+    for end in ends {
+        let _ = end.shutdown(Shutdown::Both);
+    }
+}
+
+/// A TCP relay on loopback to the server at `to` that cuts each connection it carries once
+/// `cut` says; returns its port. Its thread lives on, blocked in `accept`, for the rest of the
+/// test process.
+fn cutting_relay(to: u16, cut: Cut) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(client) = conn else { continue };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                continue;
+            };
+            let (up, down) = match cut {
+                Cut::Sent(n) => (Some(n), None),
+                Cut::Received(n) => (None, Some(n)),
+            };
+            let c = || client.try_clone().unwrap();
+            let s = || server.try_clone().unwrap();
+            let (from_client, to_server, ends) = (c(), s(), [c(), s()]);
+            std::thread::spawn(move || pump(from_client, to_server, up, ends));
+            let (from_server, to_client, ends) = (s(), c(), [c(), s()]);
+            std::thread::spawn(move || pump(from_server, to_client, down, ends));
+        }
+    });
+    port
+}
+
+/// Points `p` at a relay to its server cutting as `cut`, its host key trusted there too;
+/// returns `user@127.0.0.1:<relay port>`, as mtr names the host.
+fn through_relay(p: &Project, cut: Cut) -> String {
+    let relay = cutting_relay(p.server.port(), cut);
+    let trusted = p.server.known_hosts_line().replacen(
+        &format!("]:{} ", p.server.port()),
+        &format!("]:{relay} "),
+        1,
+    );
+    let mut kh = fs::OpenOptions::new()
+        .append(true)
+        .open(p.home.known_hosts())
+        .unwrap();
+    writeln!(kh, "{trusted}").unwrap();
+    config_for(
+        p,
+        relay,
+        &format!("    key_filename: {}\n", p.home.key().display()),
+    );
+    format!("{}@127.0.0.1:{relay}", p.server.user())
+}
+
+/// The error line of a run whose connection was cut: plain words naming the host.
+fn assert_plainly_lost(line: &str, who: &str, doing: &str) {
+    assert!(
+        line.contains(&format!("the connection to {who} was lost while {doing}")),
+        "{line}"
+    );
+    assert!(line.contains("run mtr again"), "{line}");
+    // libssh2's words, or the engine's, are not the user's.
+    for jargon in ["draining", "transport read", "Failure", "peer", "libssh2"] {
+        assert!(!line.contains(jargon), "{jargon:?} in: {line}");
+    }
+}
+
+#[test]
+fn a_connection_lost_mid_sync_is_said_plainly_naming_the_host() {
+    let p = Project::new();
+    p.write("a.py", "a");
+    // Straight to the server first: the agent is installed, so the next sync's bytes are the
+    // transfer's.
+    p.sync();
+    gen::binary_file(&p.root().join("big.bin"), 32 << 20, 7);
+    let who = through_relay(&p, Cut::Sent(4 << 20));
+
+    let (out, took) = sync_out(&p);
+    let line = one_line_error(&out, "connection cut mid-sync");
+    assert_plainly_lost(&line, &who, "syncing to");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    println!("upload cut, {took:?}: {line}");
+
+    // With -v the cause is in the log, and the error line is the same.
+    let out = p
+        .mtr()
+        .args(["--no-tty", "-v", "--sync-only"])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    let cause = err
+        .lines()
+        .find(|l| l.starts_with("mtr: info: ") && l.contains("libssh2: "))
+        .unwrap_or_else(|| panic!("no cause logged with -v:\n{err}"));
+    assert!(cause.contains(&who), "{cause}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("mtr: error: ") && l.contains("was lost while syncing")),
+        "{err}"
+    );
+    println!("with -v: {cause}");
+
+    // Nothing half-written in place; straight to the server again, the sync completes.
+    let remote_big = p.remote().join("big.bin");
+    assert!(
+        !remote_big.exists()
+            || fs::read(&remote_big).unwrap() == fs::read(p.root().join("big.bin")).unwrap()
+    );
+    p.write_config("");
+    p.sync();
+    p.assert_synced();
+}
+
+#[test]
+fn a_connection_lost_mid_download_is_said_plainly_naming_the_host() {
+    let p = Project::new();
+    p.write("a.py", "a");
+    p.sync();
+    let mut big = vec![0u8; 32 << 20];
+    testkit::gen::Rng::new(8).fill(&mut big);
+    p.server
+        .write_remote(format!("{}/out/big.bin", p.remote_rel), &big);
+    let who = through_relay(&p, Cut::Received(4 << 20));
+    let dest = tempfile::tempdir().unwrap();
+    let to = format!("{}/", dest.path().display());
+
+    let start = Instant::now();
+    let out = p
+        .mtr()
+        .args(["--no-tty", "--no-sync", "--get", "out", "--to", &to])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let line = one_line_error(&out, "connection cut mid-download");
+    assert_plainly_lost(&line, &who, "downloading");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    println!("download cut, {took:?}: {line}");
+    assert!(!dest.path().join("out/big.bin").exists());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -314,7 +314,10 @@ pub(crate) struct Sink {
     _lock: Option<File>,
 }
 
-fn lock(path: &Path, what: &Path) -> Result<File> {
+/// Take the sync lock at `path`, waiting up to [`LOCK_TIMEOUT`] for another sync to release
+/// it. The error is one sentence: the peer adds where (host, directory), so it names only the
+/// lock and what to do.
+fn lock(path: &Path) -> Result<File> {
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -334,8 +337,8 @@ fn lock(path: &Path, what: &Path) -> Result<File> {
         }
         if start.elapsed() > LOCK_TIMEOUT {
             return Err(Error::Conflict(format!(
-                "another mtr sync to {} has held its lock ({}) for {}s; try again later",
-                what.display(),
+                "another mtr sync still holds the lock {} after {} s; let it finish, then run \
+                 mtr again",
                 path.display(),
                 LOCK_TIMEOUT.as_secs()
             )));
@@ -349,15 +352,11 @@ impl Sink {
     /// outside `confine_to` are dropped.
     pub(crate) fn open(cfg: SinkConfig) -> Result<Sink> {
         let root = Root::new(cfg.root);
-        let target = match &cfg.options.confine_to {
-            Some(top) => root.join(top),
-            None => root.path().to_path_buf(),
-        };
         let lock = if cfg.dry_run {
             None
         } else {
             fs::create_dir_all(&cfg.state_dir).ctx("create", &cfg.state_dir)?;
-            Some(lock(&cfg.state_dir.join("lock"), &target)?)
+            Some(lock(&cfg.state_dir.join("lock"))?)
         };
         let ix: SinkIndex = index::load(&cfg.state_dir.join("index")).unwrap_or_default();
         let (token, records) = if ix.protocol == PROTOCOL_VERSION {

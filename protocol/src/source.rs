@@ -133,6 +133,16 @@ const BATCH_FILES: usize = 256;
 const BATCH_BYTES: u64 = 256 << 20;
 /// Chunks read and compressed in parallel at a time.
 const WINDOW: usize = 64;
+/// `Need` rounds answered per batch. An honest sink asks at most twice: once for the chunks
+/// it lacks, and once more for those whose copy from a file on its side it found stale (the
+/// file changed after the copy was planned; see `Sink::apply`). A third round is a sink that
+/// keeps asking: answering it would send the same data without end.
+const MAX_NEED_ROUNDS: usize = 2;
+/// Chunks requested per batch, over all its rounds, as a multiple of the batch's distinct
+/// chunks. An honest sink lists each chunk at most once per round (the second round, only
+/// chunks whose copy failed: usually none of the first's), and makes at most
+/// [`MAX_NEED_ROUNDS`]: never more than twice the batch's chunks, however it splits them.
+const MAX_NEED_FACTOR: usize = 2;
 
 /// The first fields of a [`SyncState`], read without its entries.
 #[derive(serde::Deserialize)]
@@ -422,13 +432,25 @@ pub(crate) fn push<R: Read, W: Write>(
         let mut sent_raw = 0u64;
         let mut reply = expect(r, "ops")?;
         // The sink asks for chunks until it has all of this batch (usually once; again when
-        // a copy it planned on its side turned out stale).
+        // a copy it planned on its side turned out stale), and no more than that.
+        let (mut rounds, mut requested) = (0usize, 0usize);
         loop {
             let hashes = match reply {
                 FromSink::Need { hashes } => hashes,
                 FromSink::BatchDone => break,
                 m => return Err(Error::Protocol(format!("expected Need, got {}", what(&m)))),
             };
+            rounds += 1;
+            requested = requested.saturating_add(hashes.len());
+            let most = MAX_NEED_FACTOR * locs.len();
+            if rounds > MAX_NEED_ROUNDS || requested > most {
+                return Err(Error::Protocol(format!(
+                    "the receiving side asked again and again for the chunks of one batch: \
+                     {requested} chunk(s) in {rounds} round(s), for a batch of {}; an honest \
+                     receiver asks in at most {MAX_NEED_ROUNDS} rounds, for at most {most}",
+                    locs.len()
+                )));
+            }
             send_chunks(
                 w,
                 &scanned.origin,
