@@ -17,7 +17,7 @@
 //! `mtr --sync-only` and `mtr true`, interleaved, medians reported. Targets (from the issue),
 //! reported as met or missed, never failing the bench: `mtr` and `mtr-agent` each under 150 MB
 //! (10^6 bytes) peak RSS on `100k`; a no-op on `100k` under 1.5x `ssh host true`. Peak RSS is
-//! `VmHWM` (it counts the file pages mtr maps to hash large files); the anonymous part is shown
+//! `VmHWM` (mtr reads files with `pread`, so it is mostly heap); the anonymous part is shown
 //! beside it.
 //!
 //! Other settings as in the e2e bench: `MTR_BENCH_SCALE` (multiplies every count and size; the

@@ -21,6 +21,7 @@ use std::io::IsTerminal;
 use anyhow::Result;
 
 fn main() {
+    fixed_mmap_threshold();
     let args = cli::parse();
     let code = match run(&args) {
         Ok(code) => code,
@@ -30,6 +31,19 @@ fn main() {
         }
     };
     std::process::exit(code)
+}
+
+/// Allocations of 1 MiB and more (file strips, chunk windows, frames) get their own mapping,
+/// returned to the system when freed. glibc's default raises that threshold to the largest
+/// block freed so far, after which such buffers are carved from the heap and the holes they
+/// leave keep the resident set high: a first sync of 100k files / 5 GB peaked at 175 MB RSS
+/// with the default and 137 MB with this, in the same time (`cargo bench --bench scale`).
+fn fixed_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: a tuning call made before any other thread exists; it changes no allocation.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }
 
 /// An exclude rule for `--log-file` when it is inside the project (`/path/from/root`, glob

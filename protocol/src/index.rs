@@ -3,40 +3,16 @@
 //! missing, corrupt or older file reads as "no state": these are caches, and losing one costs a
 //! rescan, never data.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 
-/// Load a state file; `None` when it is missing or unreadable (logged).
+/// Load a state file; `None` when it is missing or unreadable (logged). Decoded as it is
+/// decompressed: neither the file nor its decompressed bytes are held whole.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Option<T> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            log::warn!("cannot read {}: {e}; starting from scratch", path.display());
-            return None;
-        }
-    };
-    let raw = match zstd::stream::decode_all(&bytes[..]) {
-        Ok(r) => r,
-        Err(e) => {
-            log::warn!("{} is corrupt ({e}); starting from scratch", path.display());
-            return None;
-        }
-    };
-    match bincode::serde::decode_from_slice(&raw, bincode::config::standard()) {
-        Ok((v, _)) => Some(v),
-        Err(e) => {
-            log::warn!(
-                "{} is unreadable ({e}); starting from scratch",
-                path.display()
-            );
-            None
-        }
-    }
+    load_head(path)
 }
 
 /// Load only the leading fields of a state file, as `T` (a struct of the first fields of what
@@ -50,13 +26,15 @@ pub fn load_head<T: DeserializeOwned>(path: &Path) -> Option<T> {
             return None;
         }
     };
-    let mut raw = match zstd::stream::read::Decoder::new(f) {
+    let raw = match zstd::stream::read::Decoder::new(f) {
         Ok(d) => d,
         Err(e) => {
             log::warn!("cannot read {}: {e}; starting from scratch", path.display());
             return None;
         }
     };
+    // bincode reads a few bytes at a time: buffer the decoder's output.
+    let mut raw = std::io::BufReader::with_capacity(64 << 10, raw);
     match bincode::serde::decode_from_std_read(&mut raw, bincode::config::standard()) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -69,23 +47,37 @@ pub fn load_head<T: DeserializeOwned>(path: &Path) -> Option<T> {
     }
 }
 
-/// Save a state file atomically, creating its directory.
+/// Save a state file atomically, creating its directory. Encoded as it is compressed and
+/// written: the encoding is never held whole.
 pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::Conflict(format!("{} has no parent directory", path.display())))?;
     std::fs::create_dir_all(dir).ctx("create directory", dir)?;
-    let raw = bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .map_err(|e| Error::Protocol(format!("cannot encode {}: {e}", path.display())))?;
-    let packed = zstd::bulk::compress(&raw, 1).ctx("compress", path)?;
     let tmp = dir.join(format!(
         ".{}.tmp{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
         std::process::id()
     ));
-    {
-        let mut f = std::fs::File::create(&tmp).ctx("create", &tmp)?;
-        f.write_all(&packed).ctx("write", &tmp)?;
+    let written = (|| -> Result<()> {
+        let f = std::fs::File::create(&tmp).ctx("create", &tmp)?;
+        let z = zstd::stream::write::Encoder::new(f, 1).ctx("compress", &tmp)?;
+        let mut w = std::io::BufWriter::with_capacity(64 << 10, z);
+        bincode::serde::encode_into_std_write(value, &mut w, bincode::config::standard()).map_err(
+            |e| match e {
+                bincode::error::EncodeError::Io { inner, .. } => Error::io("write", &tmp, inner),
+                e => Error::Protocol(format!("cannot encode {}: {e}", path.display())),
+            },
+        )?;
+        let z = w
+            .into_inner()
+            .map_err(|e| Error::io("write", &tmp, e.into_error()))?;
+        z.finish().ctx("write", &tmp)?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
     std::fs::rename(&tmp, path).ctx("rename", path)?;
     Ok(())

@@ -477,6 +477,9 @@ pub fn scan_file(
     Ok((tree, index))
 }
 
+/// A file chunked by a scan: its path, stat after reading, permission bits and chunks.
+type Hashed = (String, StatKey, u32, Vec<ChunkRef>);
+
 /// Scan `root`: walk it with `filter`, reuse chunk lists from `index` for files whose stat is
 /// unchanged, chunk the rest on all cores. Returns the tree and the new index.
 pub fn scan(
@@ -513,9 +516,8 @@ pub fn scan(
 
     let mut tree = Tree::default();
     // Files to hash, with their chunks before they changed, if known.
-    let mut to_hash: Vec<(String, StatKey, &[ChunkSpec])> = Vec::new();
-    let mut reused: Vec<(String, StatKey, Vec<ChunkSpec>)> = Vec::new();
-    let mut modes = HashMap::new();
+    let mut to_hash: Vec<(String, StatKey, u32, &[ChunkSpec])> = Vec::new();
+    let mut reused: Vec<(String, StatKey, u32, &[ChunkSpec])> = Vec::new();
     for it in items {
         match it {
             Item::Dir(p) => {
@@ -526,7 +528,6 @@ pub fn scan(
             }
             Item::Skipped(w) => tree.warnings.push(w),
             Item::File(p, st, mode) => {
-                modes.insert(p.clone(), mode);
                 let hit = match known.get(p.as_str()).copied() {
                     Some(e) if e.stat == st => Some(e).filter(|_| trusted(&st)),
                     _ => moved
@@ -536,28 +537,28 @@ pub fn scan(
                         .filter(|_| settled(&st)),
                 };
                 match hit {
-                    Some(e) => reused.push((p, st, e.chunks.clone())),
+                    Some(e) => reused.push((p, st, mode, &e.chunks)),
                     None => {
                         let old = known.get(p.as_str()).map_or(&[][..], |e| &e.chunks[..]);
-                        to_hash.push((p, st, old))
+                        to_hash.push((p, st, mode, old))
                     }
                 }
             }
         }
     }
 
-    let total: u64 = to_hash.iter().map(|(_, s, _)| s.size).sum();
+    let total: u64 = to_hash.iter().map(|(_, s, _, _)| s.size).sum();
     progress.phase("hash", total);
     // Big files first so the cores stay busy to the end.
     to_hash.sort_by_key(|f| std::cmp::Reverse(f.1.size));
-    let hashed: Vec<Result<(String, StatKey, Vec<ChunkRef>)>> = to_hash
+    let hashed: Vec<Result<Hashed>> = to_hash
         .into_par_iter()
-        .map(|(p, st, old)| {
+        .map(|(p, st, mode, old)| {
             let abs = root.join(&p);
             let chunks = rechunk_file(&abs, &st, chunker, old)?;
             progress.advance(st.size);
             let st = stat_key(&std::fs::symlink_metadata(&abs).ctx("stat", &abs)?);
-            Ok((p, st, chunks))
+            Ok((p, st, mode, chunks))
         })
         .collect();
 
@@ -567,13 +568,13 @@ pub fn scan(
         scanned_at_ns: started,
         files: Vec::new(),
     };
-    let mut add = |tree: &mut Tree, p: String, st: StatKey, chunks: Vec<ChunkRef>| {
+    let mut add = |tree: &mut Tree, p: String, st: StatKey, mode: u32, chunks: Vec<ChunkRef>| {
         let specs = crate::chunker::specs(&chunks);
         tree.entries.insert(
             p.clone(),
             EntryKind::File {
                 size: st.size,
-                mode: modes[&p],
+                mode,
                 mtime_ns: st.mtime_ns,
                 digest: crate::chunker::file_digest(&specs),
             },
@@ -586,13 +587,13 @@ pub fn scan(
         tree.chunks.insert(p, chunks);
     };
     for h in hashed {
-        let (p, st, chunks) = h?;
+        let (p, st, mode, chunks) = h?;
         tree.bytes_hashed += st.size;
         tree.files_hashed += 1;
-        add(&mut tree, p, st, chunks);
+        add(&mut tree, p, st, mode, chunks);
     }
-    for (p, st, specs) in reused {
-        add(&mut tree, p, st, refs(&specs));
+    for (p, st, mode, specs) in reused {
+        add(&mut tree, p, st, mode, refs(specs));
     }
     Ok((tree, new_index))
 }

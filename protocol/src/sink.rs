@@ -208,6 +208,32 @@ struct Rec {
     dirty: bool,
 }
 
+/// A [`SinkIndex`] of the records in memory, encoded as one without copying them.
+struct IndexOut<'a> {
+    token: Option<Hash>,
+    records: &'a BTreeMap<String, Rec>,
+}
+
+impl serde::Serialize for IndexOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Records<'a>(&'a BTreeMap<String, Rec>);
+        impl serde::Serialize for Records<'_> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.values().map(|r| &r.rec))
+            }
+        }
+        let mut st = s.serialize_struct("SinkIndex", 3)?;
+        st.serialize_field("protocol", &PROTOCOL_VERSION)?;
+        st.serialize_field("token", &self.token)?;
+        st.serialize_field("records", &Records(self.records))?;
+        st.end()
+    }
+}
+
 #[derive(Clone)]
 struct Loc {
     path: String,
@@ -1509,10 +1535,9 @@ impl Sink {
     }
 
     fn save(&mut self, token: Option<Hash>) -> Result<()> {
-        let ix = SinkIndex {
-            protocol: PROTOCOL_VERSION,
+        let ix = IndexOut {
             token,
-            records: self.records.values().map(|r| r.rec.clone()).collect(),
+            records: &self.records,
         };
         index::save(&self.state_dir.join("index"), &ix)?;
         self.last_save = Instant::now();
@@ -1863,4 +1888,62 @@ fn printable(text: &str) -> String {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{ChunkSpec, Entry, EntryKind, SinkRecord, StatKey};
+
+    /// The index is saved from the records in place: its bytes must be a `SinkIndex`'s.
+    #[test]
+    fn index_saved_in_place_encodes_as_a_sink_index() {
+        let rec = |i: u8| SinkRecord {
+            entry: Entry {
+                path: format!("dir/f{i}"),
+                kind: EntryKind::File {
+                    size: 10 + i as u64,
+                    mode: 0o644,
+                    mtime_ns: -5,
+                    digest: [i; 32],
+                },
+            },
+            chunks: vec![
+                ChunkSpec {
+                    hash: [i; 32],
+                    len: 7,
+                };
+                i as usize
+            ],
+            stat: StatKey {
+                size: i as u64,
+                mtime_ns: 1,
+                ctime_ns: 2,
+                ino: 3,
+            },
+        };
+        let records: BTreeMap<String, Rec> = (0..5)
+            .map(|i| {
+                let r = rec(i);
+                let dirty = i % 2 == 0;
+                (r.entry.path.clone(), Rec { rec: r, dirty })
+            })
+            .collect();
+        for token in [None, Some([9; 32])] {
+            let whole = SinkIndex {
+                protocol: PROTOCOL_VERSION,
+                token,
+                records: (0..5).map(rec).collect(),
+            };
+            let cfg = bincode::config::standard();
+            let out = IndexOut {
+                token,
+                records: &records,
+            };
+            assert_eq!(
+                bincode::serde::encode_to_vec(&out, cfg).unwrap(),
+                bincode::serde::encode_to_vec(&whole, cfg).unwrap()
+            );
+        }
+    }
 }

@@ -329,48 +329,49 @@ pub(crate) fn push<R: Read, W: Write>(
 
     // Renamed paths are moved on the sink's side rather than rebuilt.
     let moves = manifest::moves(&base, &tree.entries, &d, &force);
-    let mut batches: Vec<Vec<Op>> = Vec::new();
-    let (mut ops, mut files, mut bytes) = (Vec::new(), 0usize, 0u64);
-    for (path, content) in &d.upserts {
-        let kind = tree.entries[path].clone();
-        let chunks = match (&kind, content) {
-            (EntryKind::File { size, .. }, true) => {
-                files += 1;
-                bytes += size;
-                Some(chunker::specs(&tree.chunks[path]))
-            }
-            _ => None,
-        };
-        let entry = Entry {
-            path: path.clone(),
-            kind,
-        };
-        ops.push(match moves.get(path) {
-            Some(from) => Op::Move {
-                from: from.clone(),
-                entry,
-                chunks,
-            },
-            None => Op::Upsert { entry, chunks },
-        });
-        if ops.len() >= BATCH_OPS || files >= BATCH_FILES || bytes >= BATCH_BYTES {
-            batches.push(std::mem::take(&mut ops));
-            (files, bytes) = (0, 0);
-        }
-    }
-    if !ops.is_empty() {
-        batches.push(ops);
-    }
-    // Deletes last, so deleted files can still serve chunks to renamed ones.
-    let tail: Vec<Op> = d
+    // Batches are made as they are sent: a first sync of 100k files holds one batch of ops
+    // (and their chunk lists) at a time, not all of them.
+    let mut upserts = d.upserts.iter();
+    let mut tail = d
         .deletes
         .iter()
         .map(|p| Op::Delete { path: p.clone() })
-        .chain(d.forgets.iter().map(|p| Op::Forget { path: p.clone() }))
-        .collect();
-    for part in tail.chunks(BATCH_OPS) {
-        batches.push(part.to_vec());
-    }
+        .chain(d.forgets.iter().map(|p| Op::Forget { path: p.clone() }));
+    let mut next_batch = || -> Option<Vec<Op>> {
+        let (mut ops, mut files, mut bytes) = (Vec::new(), 0usize, 0u64);
+        for (path, content) in upserts.by_ref() {
+            let kind = tree.entries[path].clone();
+            let chunks = match (&kind, content) {
+                (EntryKind::File { size, .. }, true) => {
+                    files += 1;
+                    bytes += size;
+                    Some(chunker::specs(&tree.chunks[path]))
+                }
+                _ => None,
+            };
+            let entry = Entry {
+                path: path.clone(),
+                kind,
+            };
+            ops.push(match moves.get(path) {
+                Some(from) => Op::Move {
+                    from: from.clone(),
+                    entry,
+                    chunks,
+                },
+                None => Op::Upsert { entry, chunks },
+            });
+            if ops.len() >= BATCH_OPS || files >= BATCH_FILES || bytes >= BATCH_BYTES {
+                return Some(ops);
+            }
+        }
+        if !ops.is_empty() {
+            return Some(ops);
+        }
+        // Deletes last, so deleted files can still serve chunks to renamed ones.
+        let part: Vec<Op> = tail.by_ref().take(BATCH_OPS).collect();
+        (!part.is_empty()).then_some(part)
+    };
 
     let total: u64 = d
         .upserts
@@ -383,7 +384,7 @@ pub(crate) fn push<R: Read, W: Write>(
         .sum();
     progress.phase("send", total);
     let pace = Pace::new();
-    for batch in batches {
+    while let Some(batch) = next_batch() {
         let locs: HashMap<Hash, (String, u64, u32)> = batch
             .iter()
             .filter_map(|op| match op {
