@@ -421,8 +421,8 @@ impl Scale {
             }
         }
         t.push_str(
-            "RSS in MB (10^6 bytes), the highest of the layout's runs: mtr's peak (wait4; counts the\n\
-             file pages it maps to hash large files) and its anonymous part (polled), the remote\n\
+            "RSS in MB (10^6 bytes), the highest of the layout's runs: mtr's peak (wait4; includes\n\
+             its binary's pages) and its anonymous part (polled), the remote\n\
              mtr-agent's VmHWM and RssAnon (polled every 10 ms). /ssh true: median wall time over\n\
              the median of `ssh host true` (OpenSSH client, same link, same rounds).\n",
         );
