@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use testkit::gen;
 use testkit::sshd::Server;
-use util::Project;
+use util::{names_if_any, Project};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -150,16 +150,6 @@ fn snapshot(dir: &Path) -> BTreeMap<String, String> {
     out
 }
 
-/// Names of the entries of `dir` (empty when it does not exist).
-fn names(dir: &Path) -> Vec<String> {
-    match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
 /// Fills the remote disk with one sync under engine `engine` (`None`: the default agent) and
 /// checks the failure; returns the project, the mount (drops first) and the error line.
 fn disk_full(engine: Option<&str>) -> (Project, String, Tmpfs) {
@@ -193,7 +183,7 @@ fn disk_full(engine: Option<&str>) -> (Project, String, Tmpfs) {
         "{what}: the remote files changed"
     );
     assert!(!p.remote().join("data/big.bin").exists());
-    let stray: Vec<String> = names(&p.remote().join("data"))
+    let stray: Vec<String> = names_if_any(&p.remote().join("data"))
         .into_iter()
         .filter(|n| n.contains("big"))
         .collect();
@@ -227,7 +217,7 @@ fn a_full_remote_disk_fails_cleanly_and_the_next_sync_recovers() {
         "the cause, once: {line}"
     );
     // The agent builds files in its staging directory: nothing may stay there.
-    let staging = names(&p.remote().join(".mtr-sync/staging"));
+    let staging = names_if_any(&p.remote().join(".mtr-sync/staging"));
     assert!(staging.is_empty(), "staging not cleaned: {staging:?}");
     recovers(&p);
 }
@@ -241,7 +231,7 @@ fn a_full_remote_disk_fails_cleanly_with_rsync() {
 #[test]
 fn a_full_remote_disk_fails_cleanly_with_sftp() {
     let (p, _line, _mount) = disk_full(Some("sftp"));
-    let staging = names(&p.remote().join(".mtr-sync/sftp/staging"));
+    let staging = names_if_any(&p.remote().join(".mtr-sync/sftp/staging"));
     assert!(staging.is_empty(), "staging not cleaned: {staging:?}");
     recovers(&p);
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use testkit::gen::{self, tree_equal};
-use util::{amount, Project};
+use util::{amount, names, Project};
 
 /// `mtr --no-tty -v --no-sync --get REMOTE ARGS...` from the project root.
 fn get(p: &Project, remote: &str, args: &[&str]) -> Output {
@@ -48,16 +48,6 @@ fn give_to_user(p: &Project, path: &Path) {
         .status()
         .unwrap();
     assert!(status.success(), "chown -R {}", path.display());
-}
-
-/// Names in `dir`, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
 }
 
 /// Nothing of mtr's (state, staging) in `dir`.

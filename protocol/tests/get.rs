@@ -888,42 +888,6 @@ fn fake_at(land: &Land, when: When, data: &[u8]) -> Fake {
     f
 }
 
-/// Frame headers that declare lengths far past the limits, and what mtr says.
-fn huge_frames(hash: &Hash) -> Vec<(&'static str, Vec<u8>, &'static str)> {
-    vec![
-        (
-            "a 4 GiB message",
-            header(u32::MAX, KIND_MSG),
-            "exceeds the limit",
-        ),
-        (
-            "a 4 GiB compressed message",
-            header(u32::MAX, KIND_ZMSG),
-            "out of bounds",
-        ),
-        (
-            "a message declaring 4 GiB once decompressed",
-            zmsg_frame(u32::MAX, &[0; 16]),
-            "over the limit",
-        ),
-        (
-            "a 4 GiB data frame",
-            header(u32::MAX, KIND_DATA),
-            "out of bounds",
-        ),
-        (
-            "a chunk declaring 4 GiB",
-            data_frame(hash, CODEC_ZSTD, u32::MAX, &[0; 16]),
-            "over the limit",
-        ),
-        (
-            "a frame of no known kind",
-            header(16, 9),
-            "unknown frame kind",
-        ),
-    ]
-}
-
 #[test]
 fn huge_declared_lengths_from_the_agent_are_refused_before_allocation() {
     let (data, c) = a_bin();

@@ -653,42 +653,6 @@ enum When {
     InBatch,
 }
 
-/// Frame headers that declare lengths far past the limits, and what the sink says.
-fn huge_frames(hash: &Hash) -> Vec<(&'static str, Vec<u8>, &'static str)> {
-    vec![
-        (
-            "a 4 GiB message",
-            header(u32::MAX, KIND_MSG),
-            "exceeds the limit",
-        ),
-        (
-            "a 4 GiB compressed message",
-            header(u32::MAX, KIND_ZMSG),
-            "out of bounds",
-        ),
-        (
-            "a message declaring 4 GiB once decompressed",
-            zmsg_frame(u32::MAX, &[0; 16]),
-            "over the limit",
-        ),
-        (
-            "a 4 GiB data frame",
-            header(u32::MAX, KIND_DATA),
-            "out of bounds",
-        ),
-        (
-            "a chunk declaring 4 GiB",
-            data_frame(hash, CODEC_ZSTD, u32::MAX, &[0; 16]),
-            "over the limit",
-        ),
-        (
-            "a frame of no known kind",
-            header(16, 9),
-            "unknown frame kind",
-        ),
-    ]
-}
-
 /// One session: `When`, then `bytes`, then `filler` bytes; returns the sink's error.
 fn hostile_frame(root: &Path, when: When, bytes: &[u8], filler: usize) -> String {
     let (_, e, c) = file_a();

@@ -114,6 +114,25 @@ impl Project {
     }
 }
 
+/// Names in `dir`, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// [`names`], or none when `dir` does not exist.
+pub fn names_if_any(dir: &Path) -> Vec<String> {
+    if dir.exists() {
+        names(dir)
+    } else {
+        Vec::new()
+    }
+}
+
 /// The bytes a sync exchanged after the handshake, from its `-v` summary ("... X on the wire
 /// ..."). The summary rounds to one decimal of its unit (±50 KB in MB, ±50 MB in GB).
 pub fn wire_bytes(stderr: &str) -> u64 {

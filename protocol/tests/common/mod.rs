@@ -76,3 +76,40 @@ pub fn noise(n: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Frame headers that declare lengths far past the limits, and the words of the error that
+/// refuses each (either peer).
+pub fn huge_frames(hash: &Hash) -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    vec![
+        (
+            "a 4 GiB message",
+            header(u32::MAX, KIND_MSG),
+            "exceeds the limit",
+        ),
+        (
+            "a 4 GiB compressed message",
+            header(u32::MAX, KIND_ZMSG),
+            "out of bounds",
+        ),
+        (
+            "a message declaring 4 GiB once decompressed",
+            zmsg_frame(u32::MAX, &[0; 16]),
+            "over the limit",
+        ),
+        (
+            "a 4 GiB data frame",
+            header(u32::MAX, KIND_DATA),
+            "out of bounds",
+        ),
+        (
+            "a chunk declaring 4 GiB",
+            data_frame(hash, CODEC_ZSTD, u32::MAX, &[0; 16]),
+            "over the limit",
+        ),
+        (
+            "a frame of no known kind",
+            header(16, 9),
+            "unknown frame kind",
+        ),
+    ]
+}
