@@ -1196,34 +1196,9 @@ fn a_link_the_download_made_is_never_written_through() {
 
 // ---- Memory ---------------------------------------------------------------------------
 
-/// Set in the process [`memory_stays_bounded_under_a_hostile_agent`] starts.
-const MEMORY_CHILD: &str = "MTR_HOSTILE_MEMORY_CHILD";
-
-/// This process's peak resident memory (`VmHWM`), in KiB.
-fn peak_rss_kib() -> u64 {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM in /proc/self/status");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[test]
 fn memory_stays_bounded_under_a_hostile_agent() {
-    let test = "hostile_agent_in_a_process_of_its_own";
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--include-ignored", "--nocapture"])
-        .env(MEMORY_CHILD, "1")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
-    eprint!("{stderr}");
+    run_alone("hostile_agent_in_a_process_of_its_own");
 }
 
 #[test]

@@ -1022,36 +1022,6 @@ fn a_symlink_committed_earlier_is_never_written_through() {
 
 // ---- Memory ---------------------------------------------------------------------------
 
-/// Set in the process [`memory_stays_bounded_under_hostile_frames`] starts.
-const MEMORY_CHILD: &str = "MTR_HOSTILE_MEMORY_CHILD";
-
-/// This process's peak resident memory (`VmHWM`), in KiB.
-fn peak_rss_kib() -> u64 {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM in /proc/self/status");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// Runs `test` of this binary alone in a process of its own (peak memory is per process, and
-/// other tests run on other threads of this one).
-fn run_alone(test: &str) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--include-ignored", "--nocapture"])
-        .env(MEMORY_CHILD, "1")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
-    eprint!("{stderr}");
-}
-
 #[test]
 fn memory_stays_bounded_under_hostile_frames() {
     run_alone("hostile_frames_in_a_process_of_their_own");

@@ -4,6 +4,9 @@
 //! files), and the process's peak memory while syncing is bounded. The scale bench
 //! (`benches/scale.rs`) measures the same over SSH with 100k files / 5 GB and 1M empty files.
 
+mod common;
+use common::peak_rss_kib;
+
 use std::fs;
 use std::io::{self, Cursor, Read};
 use std::os::unix::net::UnixStream;
@@ -46,16 +49,6 @@ impl<R: Read> Read for Tee<R> {
         self.log.lock().unwrap().extend_from_slice(&buf[..n]);
         Ok(n)
     }
-}
-
-/// Peak resident set of this process so far, in kB.
-fn vm_hwm_kb() -> u64 {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/self/status")
 }
 
 /// One sync of `src` to `dst` with a sink in a thread; the sink's frames after the
@@ -109,10 +102,10 @@ fn a_hundred_thousand_files_sync_without_per_file_round_trips_in_bounded_memory(
             fs::File::create(dir.join(format!("file-{f:04}.py"))).unwrap();
         }
     }
-    let before = vm_hwm_kb();
+    let before = peak_rss_kib();
 
     let (first, answers, bytes) = sync(src.path(), dst.path(), state.path());
-    let grown_mb = (vm_hwm_kb() - before) / 1000;
+    let grown_mb = (peak_rss_kib() - before) / 1000;
     println!(
         "first sync: {} entries, {answers} answers from the sink ({bytes} B), peak RSS +{grown_mb} MB",
         first.entries
@@ -134,7 +127,7 @@ fn a_hundred_thousand_files_sync_without_per_file_round_trips_in_bounded_memory(
     assert!(noop.no_op, "the second sync was not a no-op");
     assert!(answers <= 2, "{answers} answers from the sink in a no-op");
     assert!(bytes <= 1024, "{bytes} B from the sink in a no-op");
-    let grown_mb = (vm_hwm_kb() - before) / 1000;
+    let grown_mb = (peak_rss_kib() - before) / 1000;
     assert!(
         grown_mb <= bound_mb,
         "a no-op over {n} files grew the peak RSS by {grown_mb} MB"

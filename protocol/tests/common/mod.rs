@@ -113,3 +113,33 @@ pub fn huge_frames(hash: &Hash) -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ),
     ]
 }
+
+/// Set in the process [`run_alone`] starts: the memory tests' bodies run only there.
+pub const MEMORY_CHILD: &str = "MTR_HOSTILE_MEMORY_CHILD";
+
+/// This process's peak resident memory (`VmHWM`), in KiB.
+pub fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/self/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Runs `test` of this binary alone in a process of its own (peak memory is per process, and
+/// other tests run on other threads of this one).
+pub fn run_alone(test: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--include-ignored", "--nocapture"])
+        .env(MEMORY_CHILD, "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+    eprint!("{stderr}");
+}
