@@ -10,14 +10,10 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::error::{Error, IoContext, Result};
 
 /// Load a state file; `None` when it is missing or unreadable (logged). Decoded as it is
-/// decompressed: neither the file nor its decompressed bytes are held whole.
+/// decompressed: neither the file nor its decompressed bytes are held whole, and a `T` of
+/// only the leading fields of what was saved (in order) decompresses and decodes no more than
+/// they take.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Option<T> {
-    load_head(path)
-}
-
-/// Load only the leading fields of a state file, as `T` (a struct of the first fields of what
-/// was saved, in order): decompresses and decodes no more than they take. `None` as [`load`].
-pub fn load_head<T: DeserializeOwned>(path: &Path) -> Option<T> {
     let f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -105,7 +101,7 @@ mod tests {
             protocol: u32,
             token: Option<crate::wire::Hash>,
         }
-        let head: Head = load_head(&p).unwrap();
+        let head: Head = load(&p).unwrap();
         assert_eq!((head.protocol, head.token), (1, s.token));
         std::fs::write(&p, b"garbage").unwrap();
         assert!(load::<SyncState>(&p).is_none());

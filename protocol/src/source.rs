@@ -299,7 +299,7 @@ pub(crate) fn push<R: Read, W: Write>(
     if ack.dirty.is_empty() && ack.token == Some(current_token) {
         report.no_op = true;
         // Only the state's head (its token) is read: the entries are not needed.
-        let head: Option<StateHead> = index::load_head(state_path);
+        let head: Option<StateHead> = index::load(state_path);
         if !head.is_some_and(|h| matches(h.protocol, h.token)) && !dry_run {
             save_state(state_path, Some(current_token), &tree.entries)?;
         }
