@@ -163,21 +163,28 @@ fn scan_path(
     let index_path = dir.join("index");
     let state_path = dir.join(format!("state-{}", key(req.name.as_bytes())));
     let old: Option<SourceIndex> = index::load(&index_path);
-    let (tree, new_index) = if meta.is_dir() {
+    let had_index = old.is_some();
+    let save = |hashed: u64| !req.dry_run && (hashed > 0 || !had_index);
+    let tree = if meta.is_dir() {
         let filter = Filter::download(&real);
-        let (tree, ix) = scan::scan(&real, &filter, old.as_ref(), chunker, &NoProgress)?;
-        (tree.nest(&req.name), ix)
+        let tree = scan::scan(&real, &filter, || old, chunker, &NoProgress)?;
+        // Saved before nesting: the index is keyed by paths under `real`.
+        if !req.dry_run && tree.index_outdated {
+            index::save(&index_path, &tree.index())?;
+        }
+        tree.nest(&req.name)
     } else if meta.is_file() {
-        scan::scan_file(&real, &req.name, old.as_ref(), chunker, &NoProgress)?
+        let (tree, ix) = scan::scan_file(&real, &req.name, old.as_ref(), chunker, &NoProgress)?;
+        if save(tree.files_hashed) {
+            index::save(&index_path, &ix)?;
+        }
+        tree
     } else {
         return Err(Error::Conflict(format!(
             "{} is neither a regular file nor a directory",
             path.display()
         )));
     };
-    if !req.dry_run && (tree.files_hashed > 0 || old.is_none()) {
-        index::save(&index_path, &new_index)?;
-    }
     let origin = Origin {
         path: real,
         nest: Some(req.name.clone()),

@@ -18,7 +18,10 @@ use rayon::prelude::*;
 use crate::chunker::{self, ChunkRef, Chunker};
 use crate::error::{Error, IoContext, Result};
 use crate::paths::{CONFIG_DIR, STATE_DIR};
-use crate::wire::{ChunkSpec, EntryKind, SourceIndex, SourceIndexEntry, StatKey, PROTOCOL_VERSION};
+use crate::wire::{
+    ChunkSpec, ChunkerId, EntryKind, SourceIndex, SourceIndexEntry, SourceIndexRef, StatKey,
+    PROTOCOL_VERSION,
+};
 
 /// Files modified this close before the previous scan are hashed again (see `scan`).
 const RACY_WINDOW_NS: i64 = 100_000_000;
@@ -76,8 +79,10 @@ impl Filter {
         }
     }
 
-    /// Ignore files of directory `dir` (relative, "" for the root), loaded once.
-    fn dir_rules(&self, dir: &str) -> Arc<Vec<Gitignore>> {
+    /// Ignore files of directory `dir` (relative, "" for the root), loaded once. `present`
+    /// says which of them exist when the caller has just listed the directory (the walk);
+    /// `None` looks for them.
+    fn dir_rules(&self, dir: &str, present: Option<&[&str]>) -> Arc<Vec<Gitignore>> {
         if let Some(r) = self.dirs.lock().unwrap().get(dir) {
             return r.clone();
         }
@@ -94,17 +99,17 @@ impl Filter {
         };
         for name in names {
             let f = abs.join(name);
-            if f.is_file() {
+            let exists = match present {
+                Some(listed) => listed.contains(name) && f.is_file(),
+                None => f.is_file(),
+            };
+            if exists {
                 let mut b = GitignoreBuilder::new(&abs);
-                if b.add(&f).is_none() {
-                    if let Ok(g) = b.build() {
-                        rules.push(g);
-                    }
-                } else {
+                if b.add(&f).is_some() {
                     log::warn!("some lines of {} could not be parsed", f.display());
-                    if let Ok(g) = b.build() {
-                        rules.push(g);
-                    }
+                }
+                if let Ok(g) = b.build() {
+                    rules.push(g);
                 }
             }
         }
@@ -116,39 +121,62 @@ impl Filter {
         rules
     }
 
-    /// Is `rel` excluded, given that its parent directories are not?
-    pub fn excluded_here(&self, rel: &str, is_dir: bool) -> bool {
+    /// The rules that apply inside directory `dir` (relative, "" for the root) from its own
+    /// ignore files, given `parent`: the rules of its parent directory. See [`Rules`].
+    fn rules_in(&self, dir: &str, parent: &Rules, present: Option<&[&str]>) -> Rules {
+        let own = self.dir_rules(dir, present);
+        if own.is_empty() {
+            return parent.clone();
+        }
+        let mut chain = Vec::with_capacity(parent.0.len() + 1);
+        chain.extend(parent.0.iter().cloned());
+        chain.push((dir.len(), own));
+        Rules(Arc::new(chain))
+    }
+
+    /// Is `rel`, in a directory whose rules are `rules`, excluded (its parent directories
+    /// being not)? Patterns are matched against paths relative to where they were written
+    /// (no allocation).
+    fn excluded_by(&self, rel: &str, is_dir: bool, rules: &Rules) -> bool {
         if self.everything {
             return rel == STATE_DIR;
         }
         if !rel.contains('/') && (rel == CONFIG_DIR || rel == STATE_DIR) {
             return true;
         }
-        let abs = self.root.join(rel);
-        if self.excludes.matched(&abs, is_dir).is_ignore() {
+        if self.excludes.matched(rel, is_dir).is_ignore() {
             return true;
         }
         // Deeper ignore files take precedence; within one file the last match wins.
-        let mut dir = rel;
-        loop {
-            dir = match dir.rfind('/') {
-                Some(i) => &dir[..i],
-                None if dir.is_empty() => break,
-                None => "",
+        for (dir_len, files) in rules.0.iter().rev() {
+            let under = if *dir_len == 0 {
+                rel
+            } else {
+                &rel[dir_len + 1..]
             };
-            let rules = self.dir_rules(dir);
-            for g in rules.iter().rev() {
-                match g.matched(&abs, is_dir) {
+            for g in files.iter().rev() {
+                match g.matched(under, is_dir) {
                     Match::Ignore(_) => return true,
                     Match::Whitelist(_) => return false,
                     Match::None => {}
                 }
             }
-            if dir.is_empty() {
-                break;
-            }
         }
         false
+    }
+
+    /// Is `rel` excluded, given that its parent directories are not?
+    pub fn excluded_here(&self, rel: &str, is_dir: bool) -> bool {
+        if self.everything {
+            return rel == STATE_DIR;
+        }
+        let mut rules = self.rules_in("", &Rules::default(), None);
+        let mut end = 0;
+        while let Some(i) = rel[end..].find('/') {
+            rules = self.rules_in(&rel[..end + i], &rules, None);
+            end += i + 1;
+        }
+        self.excluded_by(rel, is_dir, &rules)
     }
 
     /// Is `rel` or any of its parent directories excluded?
@@ -164,11 +192,24 @@ impl Filter {
     }
 }
 
+/// The ignore files that apply in a directory, outermost first, each with the length of the
+/// directory it is in (its patterns match paths relative to it). Shared by every directory
+/// that adds no ignore file of its own.
+#[derive(Clone, Default)]
+struct Rules(Arc<Vec<(usize, Arc<Vec<Gitignore>>)>>);
+
 /// A scanned tree: entries in path order and the chunks of every file.
 #[derive(Debug, Default)]
 pub struct Tree {
     pub entries: std::collections::BTreeMap<String, EntryKind>,
-    pub chunks: HashMap<String, Vec<ChunkRef>>,
+    /// Every file's stat and chunk list, in path order: the new index ([`Tree::index`]).
+    pub files: Vec<SourceIndexEntry>,
+    /// When the scan started, and its chunker: the rest of the index.
+    pub scanned_at_ns: i64,
+    pub chunker: Option<ChunkerId>,
+    /// The index differs from the one the scan was given (files hashed, or none given): save
+    /// it.
+    pub index_outdated: bool,
     /// Things skipped with a reason (special files, non-UTF-8 names).
     pub warnings: Vec<String>,
     /// Bytes read and hashed in this scan (0 when every file was in the index).
@@ -188,14 +229,38 @@ impl Tree {
             .map(|(p, k)| (nested(p), k))
             .collect();
         entries.insert(name.to_string(), EntryKind::Dir);
+        // A common prefix keeps the files in path order.
+        let files = self
+            .files
+            .into_iter()
+            .map(|e| SourceIndexEntry {
+                path: nested(e.path),
+                ..e
+            })
+            .collect();
         Tree {
             entries,
-            chunks: self
-                .chunks
-                .into_iter()
-                .map(|(p, c)| (nested(p), c))
-                .collect(),
+            files,
             ..self
+        }
+    }
+
+    /// The chunk list of file `path`.
+    pub fn chunks(&self, path: &str) -> Option<&[ChunkSpec]> {
+        let i = self
+            .files
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .ok()?;
+        Some(&self.files[i].chunks)
+    }
+
+    /// The index this scan leaves for the next one (saved as a [`SourceIndex`]).
+    pub fn index(&self) -> SourceIndexRef<'_> {
+        SourceIndexRef {
+            protocol: PROTOCOL_VERSION,
+            chunker: self.chunker,
+            scanned_at_ns: self.scanned_at_ns,
+            files: &self.files,
         }
     }
 }
@@ -219,6 +284,15 @@ enum Item {
     Skipped(String),
 }
 
+impl Item {
+    /// The path the item is sorted by (a skipped item's message starts with its path).
+    fn path(&self) -> &str {
+        match self {
+            Item::Dir(p) | Item::File(p, ..) | Item::Symlink(p, _) | Item::Skipped(p) => p,
+        }
+    }
+}
+
 fn stat_key(m: &std::fs::Metadata) -> StatKey {
     StatKey {
         size: m.len(),
@@ -233,17 +307,40 @@ pub fn stat_of(m: &std::fs::Metadata) -> StatKey {
     stat_key(m)
 }
 
-fn walk(root: &Path, rel_dir: &str, filter: &Filter, progress: &dyn Progress) -> Result<Vec<Item>> {
+/// Walk directory `rel_dir` ("" for the root), whose parent's rules are `parent`: its entries
+/// and everything under them that is not excluded, subdirectories on all cores. Each entry is
+/// `stat`ed relative to its directory's descriptor (one path component looked up, not the
+/// whole path), directories not at all (their type comes from the listing), and ignore files
+/// are looked for only in directories that list them.
+fn walk(
+    root: &Path,
+    rel_dir: &str,
+    filter: &Filter,
+    parent: &Rules,
+    progress: &dyn Progress,
+) -> Result<Vec<Item>> {
     let abs = if rel_dir.is_empty() {
         root.to_path_buf()
     } else {
         root.join(rel_dir)
     };
-    let rd = std::fs::read_dir(&abs).ctx("read directory", &abs)?;
-    let mut items = Vec::new();
+    let listing: Vec<std::fs::DirEntry> = std::fs::read_dir(&abs)
+        .ctx("read directory", &abs)?
+        .collect::<std::io::Result<_>>()
+        .ctx("read directory", &abs)?;
+    let ignore_files: Vec<&str> = listing
+        .iter()
+        .filter_map(|de| {
+            let name = de.file_name();
+            [".gitignore", MTRIGNORE]
+                .into_iter()
+                .find(|n| name.as_encoded_bytes() == n.as_bytes())
+        })
+        .collect();
+    let rules = filter.rules_in(rel_dir, parent, Some(&ignore_files));
+    let mut items = Vec::with_capacity(listing.len());
     let mut subdirs = Vec::new();
-    for de in rd {
-        let de = de.ctx("read directory", &abs)?;
+    for de in listing {
         let name = de.file_name();
         let Some(name) = name.to_str() else {
             items.push(Item::Skipped(format!(
@@ -257,27 +354,39 @@ fn walk(root: &Path, rel_dir: &str, filter: &Filter, progress: &dyn Progress) ->
         } else {
             format!("{rel_dir}/{name}")
         };
-        let path = de.path();
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
+        let ft = match de.file_type() {
+            Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io("stat", &path, e)),
+            Err(e) => return Err(Error::io("stat", de.path(), e)),
         };
-        let ft = meta.file_type();
-        if filter.excluded_here(&rel, ft.is_dir()) {
+        if filter.excluded_by(&rel, ft.is_dir(), &rules) {
             continue;
         }
         if ft.is_dir() {
             subdirs.push(rel.clone());
             items.push(Item::Dir(rel));
         } else if ft.is_file() {
+            let meta = match de.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("stat", de.path(), e)),
+            };
+            if !meta.is_file() {
+                // Replaced by something else since the listing: seen as it is next time.
+                continue;
+            }
             items.push(Item::File(
                 rel,
                 stat_key(&meta),
                 meta.permissions().mode() & 0o777,
             ));
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(&path).ctx("read symlink", &path)?;
+            let path = de.path();
+            let target = match std::fs::read_link(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("read symlink", &path, e)),
+            };
             match target.to_str() {
                 Some(t) => items.push(Item::Symlink(rel, t.to_string())),
                 None => items.push(Item::Skipped(format!(
@@ -288,14 +397,14 @@ fn walk(root: &Path, rel_dir: &str, filter: &Filter, progress: &dyn Progress) ->
         } else {
             items.push(Item::Skipped(format!(
                 "{}: not a regular file, directory or symlink (fifo, socket or device)",
-                path.display()
+                de.path().display()
             )));
         }
     }
     progress.advance(items.len() as u64);
     let nested: Vec<Result<Vec<Item>>> = subdirs
         .par_iter()
-        .map(|d| walk(root, d, filter, progress))
+        .map(|d| walk(root, d, filter, &rules, progress))
         .collect();
     for n in nested {
         items.extend(n?);
@@ -393,23 +502,6 @@ fn trusted(st: &StatKey, scanned_at: i64) -> bool {
     st.mtime_ns < scanned_at.saturating_sub(window)
 }
 
-/// Chunk references (with offsets) of a chunk list.
-fn refs(specs: &[ChunkSpec]) -> Vec<ChunkRef> {
-    let mut off = 0u64;
-    specs
-        .iter()
-        .map(|c| {
-            let r = ChunkRef {
-                offset: off,
-                len: c.len,
-                hash: c.hash,
-            };
-            off += c.len as u64;
-            r
-        })
-        .collect()
-}
-
 /// Scan one regular file as a tree of one entry, `name` (a download of a single file),
 /// reusing its chunk list from `index` when its stat is unchanged. The index records the file
 /// under its own file name, so it serves whatever name the tree gives it.
@@ -437,9 +529,13 @@ pub fn scan_file(
         .filter(|ix| ix.protocol == PROTOCOL_VERSION && ix.chunker == Some(chunker.id()))
         .and_then(|ix| Some((ix.files.iter().find(|e| e.path == key)?, ix.scanned_at_ns)));
     let known = recorded.filter(|(e, at)| e.stat == st && trusted(&st, *at));
-    let mut tree = Tree::default();
-    let (st, chunks) = match known {
-        Some((e, _)) => (st, refs(&e.chunks)),
+    let mut tree = Tree {
+        scanned_at_ns: started,
+        chunker: Some(chunker.id()),
+        ..Tree::default()
+    };
+    let (st, specs) = match known {
+        Some((e, _)) => (st, e.chunks.clone()),
         None => {
             progress.phase("hash", st.size);
             let old = recorded.map_or(&[][..], |(e, _)| &e.chunks[..]);
@@ -449,11 +545,10 @@ pub fn scan_file(
             tree.bytes_hashed = st.size;
             (
                 stat_key(&std::fs::symlink_metadata(path).ctx("stat", path)?),
-                chunks,
+                crate::chunker::specs(&chunks),
             )
         }
     };
-    let specs = crate::chunker::specs(&chunks);
     tree.entries.insert(
         name.to_string(),
         EntryKind::File {
@@ -463,7 +558,11 @@ pub fn scan_file(
             digest: crate::chunker::file_digest(&specs),
         },
     );
-    tree.chunks.insert(name.to_string(), chunks);
+    tree.files.push(SourceIndexEntry {
+        path: name.to_string(),
+        stat: st,
+        chunks: specs.clone(),
+    });
     let index = SourceIndex {
         protocol: PROTOCOL_VERSION,
         chunker: Some(chunker.id()),
@@ -477,34 +576,77 @@ pub fn scan_file(
     Ok((tree, index))
 }
 
-/// A file chunked by a scan: its path, stat after reading, permission bits and chunks.
-type Hashed = (String, StatKey, u32, Vec<ChunkRef>);
+/// A file's stat (after reading it) and chunk list.
+type Listed = (StatKey, Vec<ChunkSpec>);
+
+/// What a scan does with a file it listed.
+enum Plan {
+    /// Its stat is the one index entry `usize` recorded for its path: reuse that chunk list.
+    Reuse(usize),
+    /// Its stat is that of index entry `usize` under another path (its directory was
+    /// renamed): a copy of that chunk list.
+    Moved(usize),
+    /// Read and chunk it; with the index entry its path had, if any (rechunked from it).
+    Hash(Option<usize>),
+}
 
 /// Scan `root`: walk it with `filter`, reuse chunk lists from `index` for files whose stat is
-/// unchanged, chunk the rest on all cores. Returns the tree and the new index.
+/// unchanged, chunk the rest on all cores. The tree holds the new index ([`Tree::index`]);
+/// the old one is consumed: chunk lists reused are moved out of it, not copied.
 pub fn scan(
     root: &Path,
     filter: &Filter,
-    index: Option<&SourceIndex>,
+    index: impl FnOnce() -> Option<SourceIndex> + Send,
     chunker: &Chunker,
     progress: &dyn Progress,
-) -> Result<(Tree, SourceIndex)> {
+) -> Result<Tree> {
     let started = now_ns();
     progress.phase("scan", 0);
-    let items = walk(root, "", filter, progress)?;
+    let clock = std::time::Instant::now();
+    // The index loads (decompressed and decoded: ~0.1 s per 100k files) while the tree is
+    // listed.
+    let (items, index) = std::thread::scope(|s| {
+        let loading = s.spawn(|| {
+            let index = index();
+            log::debug!(
+                "scan: index of {} files loaded in {:.0?}",
+                index.as_ref().map_or(0, |i| i.files.len()),
+                clock.elapsed()
+            );
+            index
+        });
+        let items = walk(root, "", filter, &Rules::default(), progress);
+        log::debug!(
+            "scan: {} entries under {} listed in {:.0?}",
+            items.as_ref().map_or(0, |i| i.len()),
+            root.display(),
+            clock.elapsed()
+        );
+        (items, loading.join().unwrap_or(None))
+    });
+    let mut items = items?;
+    // In path order, like the index: reused entries are found by a merge, not a hash map,
+    // and the tree's maps are built from sorted input.
+    items.sort_unstable_by(|a, b| a.path().cmp(b.path()));
 
-    let known: HashMap<&str, &SourceIndexEntry> = match index {
+    let scanned_at = index.as_ref().map_or(i64::MIN, |i| i.scanned_at_ns);
+    let (mut old, mut outdated) = match index {
         Some(ix) if ix.protocol == PROTOCOL_VERSION && ix.chunker == Some(chunker.id()) => {
-            ix.files.iter().map(|e| (e.path.as_str(), e)).collect()
+            (ix.files, false)
         }
-        _ => HashMap::new(),
+        _ => (Vec::new(), true),
     };
+    if !old.is_sorted_by(|a, b| a.path < b.path) {
+        // Saved by an older mtr: sorted once, and saved so.
+        old.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        old.dedup_by(|a, b| a.path == b.path);
+        outdated = true;
+    }
     // A file whose directory was renamed keeps its whole stat, so it is found under its old
     // path: by inode and a ctime older than the last scan, which a file created since (even
     // one reusing the inode) cannot have. Built at the first file not found by its path (a
     // no-op never needs it).
-    let mut moved: Option<HashMap<&StatKey, &SourceIndexEntry>> = None;
-    let scanned_at = index.map(|i| i.scanned_at_ns).unwrap_or(i64::MIN);
+    let mut by_stat: Option<HashMap<StatKey, usize>> = None;
     let trusted = |st: &StatKey| trusted(st, scanned_at);
     let settled = |st: &StatKey| {
         let changed = StatKey {
@@ -513,89 +655,122 @@ pub fn scan(
         };
         trusted(st) && trusted(&changed)
     };
+    let mut plans: Vec<Plan> = Vec::new();
+    let mut next = 0;
+    for it in &items {
+        let Item::File(p, st, _) = it else { continue };
+        // `old` and `items` are both in path order.
+        while next < old.len() && old[next].path.as_str() < p.as_str() {
+            next += 1;
+        }
+        let same_path = (next < old.len() && old[next].path == *p).then_some(next);
+        let plan = match same_path {
+            Some(i) if old[i].stat == *st && trusted(st) => Plan::Reuse(i),
+            _ => match by_stat
+                .get_or_insert_with(|| old.iter().enumerate().map(|(i, e)| (e.stat, i)).collect())
+                .get(st)
+            {
+                Some(&i) if settled(st) => Plan::Moved(i),
+                _ => Plan::Hash(same_path),
+            },
+        };
+        plans.push(plan);
+    }
 
-    let mut tree = Tree::default();
-    // Files to hash, with their chunks before they changed, if known.
-    let mut to_hash: Vec<(String, StatKey, u32, &[ChunkSpec])> = Vec::new();
-    let mut reused: Vec<(String, StatKey, u32, &[ChunkSpec])> = Vec::new();
-    for it in items {
-        match it {
-            Item::Dir(p) => {
-                tree.entries.insert(p, EntryKind::Dir);
-            }
-            Item::Symlink(p, t) => {
-                tree.entries.insert(p, EntryKind::Symlink { target: t });
-            }
-            Item::Skipped(w) => tree.warnings.push(w),
-            Item::File(p, st, mode) => {
-                let hit = match known.get(p.as_str()).copied() {
-                    Some(e) if e.stat == st => Some(e).filter(|_| trusted(&st)),
-                    _ => moved
-                        .get_or_insert_with(|| known.values().map(|e| (&e.stat, *e)).collect())
-                        .get(&st)
-                        .copied()
-                        .filter(|_| settled(&st)),
-                };
-                match hit {
-                    Some(e) => reused.push((p, st, mode, &e.chunks)),
-                    None => {
-                        let old = known.get(p.as_str()).map_or(&[][..], |e| &e.chunks[..]);
-                        to_hash.push((p, st, mode, old))
-                    }
-                }
-            }
+    // Big files first so the cores stay busy to the end.
+    let mut to_hash: Vec<(usize, &String, &StatKey, &[ChunkSpec])> = items
+        .iter()
+        .filter_map(|it| match it {
+            Item::File(p, st, _) => Some((p, st)),
+            _ => None,
+        })
+        .zip(&plans)
+        .enumerate()
+        .filter_map(|(k, ((p, st), plan))| match plan {
+            Plan::Hash(was) => Some((k, p, st, was.map_or(&[][..], |i| &old[i].chunks[..]))),
+            _ => None,
+        })
+        .collect();
+    let total: u64 = to_hash.iter().map(|(_, _, st, _)| st.size).sum();
+    progress.phase("hash", total);
+    to_hash.sort_by_key(|f| std::cmp::Reverse(f.2.size));
+    let hashed: Vec<(usize, Result<Listed>)> = to_hash
+        .into_par_iter()
+        .map(|(k, p, st, was)| {
+            let abs = root.join(p);
+            let hashed = rechunk_file(&abs, st, chunker, was).and_then(|chunks| {
+                progress.advance(st.size);
+                let st = stat_key(&std::fs::symlink_metadata(&abs).ctx("stat", &abs)?);
+                Ok((st, crate::chunker::specs(&chunks)))
+            });
+            (k, hashed)
+        })
+        .collect();
+    let mut done: Vec<Option<Listed>> = Vec::new();
+    done.resize_with(plans.len(), || None);
+    let mut tree = Tree {
+        scanned_at_ns: started,
+        chunker: Some(chunker.id()),
+        ..Tree::default()
+    };
+    for (k, h) in hashed {
+        let (st, specs) = h?;
+        tree.bytes_hashed += st.size;
+        tree.files_hashed += 1;
+        done[k] = Some((st, specs));
+    }
+    tree.index_outdated = outdated || tree.files_hashed > 0;
+    // Copies first: the entries they copy may be moved out below.
+    for (k, plan) in plans.iter().enumerate() {
+        if let Plan::Moved(i) = plan {
+            done[k] = Some((old[*i].stat, old[*i].chunks.clone()));
         }
     }
 
-    let total: u64 = to_hash.iter().map(|(_, s, _, _)| s.size).sum();
-    progress.phase("hash", total);
-    // Big files first so the cores stay busy to the end.
-    to_hash.sort_by_key(|f| std::cmp::Reverse(f.1.size));
-    let hashed: Vec<Result<Hashed>> = to_hash
-        .into_par_iter()
-        .map(|(p, st, mode, old)| {
-            let abs = root.join(&p);
-            let chunks = rechunk_file(&abs, &st, chunker, old)?;
-            progress.advance(st.size);
-            let st = stat_key(&std::fs::symlink_metadata(&abs).ctx("stat", &abs)?);
-            Ok((p, st, mode, chunks))
-        })
-        .collect();
-
-    let mut new_index = SourceIndex {
-        protocol: PROTOCOL_VERSION,
-        chunker: Some(chunker.id()),
-        scanned_at_ns: started,
-        files: Vec::new(),
-    };
-    let mut add = |tree: &mut Tree, p: String, st: StatKey, mode: u32, chunks: Vec<ChunkRef>| {
-        let specs = crate::chunker::specs(&chunks);
-        tree.entries.insert(
-            p.clone(),
-            EntryKind::File {
-                size: st.size,
-                mode,
-                mtime_ns: st.mtime_ns,
-                digest: crate::chunker::file_digest(&specs),
-            },
-        );
-        new_index.files.push(SourceIndexEntry {
-            path: p.clone(),
-            stat: st,
-            chunks: specs,
-        });
-        tree.chunks.insert(p, chunks);
-    };
-    for h in hashed {
-        let (p, st, mode, chunks) = h?;
-        tree.bytes_hashed += st.size;
-        tree.files_hashed += 1;
-        add(&mut tree, p, st, mode, chunks);
+    let mut entries = Vec::with_capacity(items.len());
+    let mut files = Vec::with_capacity(plans.len());
+    let mut k = 0;
+    for it in items {
+        match it {
+            Item::Dir(p) => entries.push((p, EntryKind::Dir)),
+            Item::Symlink(p, t) => entries.push((p, EntryKind::Symlink { target: t })),
+            Item::Skipped(w) => tree.warnings.push(w),
+            Item::File(p, st, mode) => {
+                let (st, chunks) = match &plans[k] {
+                    Plan::Reuse(i) => (st, std::mem::take(&mut old[*i].chunks)),
+                    _ => done[k]
+                        .take()
+                        .expect("every file is reused, copied or hashed"),
+                };
+                k += 1;
+                entries.push((
+                    p.clone(),
+                    EntryKind::File {
+                        size: st.size,
+                        mode,
+                        mtime_ns: st.mtime_ns,
+                        digest: crate::chunker::file_digest(&chunks),
+                    },
+                ));
+                files.push(SourceIndexEntry {
+                    path: p,
+                    stat: st,
+                    chunks,
+                });
+            }
+        }
     }
-    for (p, st, mode, specs) in reused {
-        add(&mut tree, p, st, mode, refs(specs));
-    }
-    Ok((tree, new_index))
+    // Sorted and unique: a bulk build, no per-entry search.
+    tree.entries = entries.into_iter().collect();
+    tree.files = files;
+    log::debug!(
+        "scan: {} files hashed ({} bytes), {} from the index; {:.0?} in all",
+        tree.files_hashed,
+        tree.bytes_hashed,
+        tree.files.len() as u64 - tree.files_hashed,
+        clock.elapsed()
+    );
+    Ok(tree)
 }
 
 /// Nanoseconds since the Unix epoch.
@@ -647,6 +822,17 @@ mod tests {
         assert!(f.excluded("secret.txt", false));
     }
 
+    /// The index a scan leaves, as the next scan loads it.
+    fn owned(t: &Tree) -> SourceIndex {
+        let ix = t.index();
+        SourceIndex {
+            protocol: ix.protocol,
+            chunker: ix.chunker,
+            scanned_at_ns: ix.scanned_at_ns,
+            files: ix.files.to_vec(),
+        }
+    }
+
     #[test]
     fn unchanged_files_are_not_read_again() {
         let d = tempfile::tempdir().unwrap();
@@ -656,13 +842,14 @@ mod tests {
         std::os::unix::fs::symlink("x.py", r.join("a/link")).unwrap();
         let f = filter(r, &[], true);
         let c = Chunker::default();
-        let (t1, mut ix) = scan(r, &f, None, &c, &NoProgress).unwrap();
+        let t1 = scan(r, &f, || None, &c, &NoProgress).unwrap();
+        let mut ix = owned(&t1);
         assert_eq!(t1.files_hashed, 1);
         assert!(matches!(t1.entries["a/empty"], EntryKind::Dir));
         assert!(matches!(&t1.entries["a/link"], EntryKind::Symlink { target } if target == "x.py"));
         // Pretend the last scan was long ago so the mtime is not "racy".
         ix.scanned_at_ns += 10_000_000_000;
-        let (t2, _) = scan(r, &f, Some(&ix), &c, &NoProgress).unwrap();
+        let t2 = scan(r, &f, || Some(ix.clone()), &c, &NoProgress).unwrap();
         assert_eq!(t2.files_hashed, 0);
         assert_eq!(t1.entries, t2.entries);
         // A racily-clean entry (modified right before the scan) is hashed again.
@@ -675,7 +862,7 @@ mod tests {
             .unwrap()
             .as_nanos() as i64
             + 50_000_000;
-        let (t3, _) = scan(r, &f, Some(&ix), &c, &NoProgress).unwrap();
+        let t3 = scan(r, &f, || Some(ix), &c, &NoProgress).unwrap();
         assert_eq!(t3.files_hashed, 1);
     }
 
@@ -686,7 +873,7 @@ mod tests {
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let f = filter(d.path(), &[], false);
-        let (t, _) = scan(d.path(), &f, None, &Chunker::default(), &NoProgress).unwrap();
+        let t = scan(d.path(), &f, || None, &Chunker::default(), &NoProgress).unwrap();
         assert!(t.entries.is_empty());
         assert_eq!(t.warnings.len(), 1);
         assert!(t.warnings[0].contains("pipe"), "{:?}", t.warnings);

@@ -11,7 +11,7 @@ use std::sync::mpsc::{TryRecvError, TrySendError};
 
 use rayon::prelude::*;
 
-use crate::chunker::{self, Chunker};
+use crate::chunker::Chunker;
 use crate::codec::{FrameReader, FrameWriter};
 use crate::compress::{self, Codec};
 use crate::error::{Error, IoContext, Result};
@@ -192,16 +192,10 @@ pub struct LocalTree(Scanned);
 
 /// The first half of [`sync`]: scan the local tree (hashing what changed since the index).
 pub fn scan_local(cfg: &SourceConfig, progress: &dyn Progress) -> Result<LocalTree> {
-    let old_index: Option<SourceIndex> = index::load(&cfg.index_path);
-    let (tree, new_index) = scan::scan(
-        cfg.root,
-        cfg.filter,
-        old_index.as_ref(),
-        &cfg.chunker,
-        progress,
-    )?;
-    if !cfg.dry_run && (tree.files_hashed > 0 || old_index.is_none()) {
-        index::save(&cfg.index_path, &new_index)?;
+    let load = || index::load::<SourceIndex>(&cfg.index_path);
+    let tree = scan::scan(cfg.root, cfg.filter, load, &cfg.chunker, progress)?;
+    if !cfg.dry_run && tree.index_outdated {
+        index::save(&cfg.index_path, &tree.index())?;
     }
     Ok(LocalTree(Scanned {
         tree,
@@ -228,6 +222,12 @@ pub fn sync_scanned<R: Read, W: Write>(
         dry_run: cfg.dry_run,
     };
     push(r, w, ack, &job, progress)
+}
+
+/// The chunk list of a file the scan listed (every file in `tree.entries` has one).
+fn file_chunks<'t>(tree: &'t scan::Tree, path: &str) -> &'t [crate::wire::ChunkSpec] {
+    tree.chunks(path)
+        .unwrap_or_else(|| panic!("{path} was scanned without a chunk list"))
 }
 
 /// Where the files of a scanned tree are on disk.
@@ -345,7 +345,7 @@ pub(crate) fn push<R: Read, W: Write>(
                 (EntryKind::File { size, .. }, true) => {
                     files += 1;
                     bytes += size;
-                    Some(chunker::specs(&tree.chunks[path]))
+                    Some(file_chunks(tree, path).to_vec())
                 }
                 _ => None,
             };
@@ -400,9 +400,11 @@ pub(crate) fn push<R: Read, W: Write>(
                 _ => None,
             })
             .flat_map(|p| {
-                tree.chunks[p]
-                    .iter()
-                    .map(move |c| (c.hash, (p.to_string(), c.offset, c.len)))
+                file_chunks(tree, p).iter().scan(0u64, move |offset, c| {
+                    let at = *offset;
+                    *offset += u64::from(c.len);
+                    Some((c.hash, (p.to_string(), at, c.len)))
+                })
             })
             .collect();
         let batch_bytes: u64 = batch

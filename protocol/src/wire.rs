@@ -224,6 +224,15 @@ pub struct SourceIndex {
     pub files: Vec<SourceIndexEntry>,
 }
 
+/// A [`SourceIndex`] to save, borrowing its files: encodes to the same bytes.
+#[derive(Serialize, Debug)]
+pub struct SourceIndexRef<'a> {
+    pub protocol: u32,
+    pub chunker: Option<ChunkerId>,
+    pub scanned_at_ns: i64,
+    pub files: &'a [SourceIndexEntry],
+}
+
 /// One file of a [`SourceIndex`].
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct SourceIndexEntry {

@@ -319,10 +319,10 @@ mod tests {
         std::os::unix::fs::symlink("src/a.py", r.join("link")).unwrap();
         let f = filter(r, &["*.ckpt", ".mtr/"]);
         let tree = walk(r, &f).unwrap();
-        let (scanned, _) = protocol::scan::scan(
+        let scanned = protocol::scan::scan(
             r,
             &f,
-            None,
+            || None,
             &protocol::chunker::Chunker::default(),
             &protocol::scan::NoProgress,
         )

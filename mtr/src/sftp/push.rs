@@ -81,11 +81,10 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool) -> Result<()> {
     let index_path = cache
         .join("index")
         .join(key(&[&s.project_root.display().to_string()]));
-    let old_index: Option<SourceIndex> = index::load(&index_path);
-    let (tree, new_index) = scan::scan(
+    let tree = scan::scan(
         &s.project_root,
         &filter,
-        old_index.as_ref(),
+        || index::load::<SourceIndex>(&index_path),
         &Chunker::default(),
         &progress,
     )
@@ -93,8 +92,8 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool) -> Result<()> {
         progress.finish();
         anyhow!(e).context(format!("cannot scan {}", s.project_root.display()))
     })?;
-    if !dry_run && (tree.files_hashed > 0 || old_index.is_none()) {
-        index::save(&index_path, &new_index)
+    if !dry_run && tree.index_outdated {
+        index::save(&index_path, &tree.index())
             .with_context(|| format!("cannot save the local index {}", index_path.display()))?;
     }
     for w in &tree.warnings {
