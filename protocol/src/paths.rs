@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
+use crate::wire::StatKey;
 
 /// The one hidden directory mtr keeps at the root of a synced tree (index, staging, lock).
 pub const STATE_DIR: &str = ".mtr-sync";
@@ -183,6 +184,90 @@ impl Root {
             }
         }
         Ok(Some(self.root.join(rel)))
+    }
+}
+
+/// What [`DirFd::lstat`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    File(StatKey),
+    Dir,
+    Symlink,
+    /// A fifo, socket or device.
+    Other,
+}
+
+/// A directory opened to look at its entries by name (`O_PATH`, not through a symlink at its
+/// last component): each lookup is one component from the directory, not a whole path from
+/// `/`, which is most of what a `stat` of a deep path costs.
+pub(crate) struct DirFd(std::fs::File);
+
+impl DirFd {
+    /// Open directory `path`; a symlink there is followed only if `follow` (a root that
+    /// the user gave as a symlink).
+    pub(crate) fn open(path: &Path, follow: bool) -> std::io::Result<DirFd> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | nofollow)
+            .open(path)
+            .map(DirFd)
+    }
+
+    /// `lstat` of entry `name`.
+    pub(crate) fn lstat(&self, name: &str) -> std::io::Result<Found> {
+        use std::os::fd::AsRawFd;
+        let name = std::ffi::CString::new(name)?;
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: a valid descriptor, a NUL-terminated name and a buffer of the right type;
+        // the buffer is read only after the call succeeded and so filled it.
+        let st = unsafe {
+            if libc::fstatat(
+                self.0.as_raw_fd(),
+                name.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            st.assume_init()
+        };
+        Ok(match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => Found::File(StatKey {
+                size: st.st_size as u64,
+                mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+                ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+                ino: st.st_ino,
+            }),
+            libc::S_IFDIR => Found::Dir,
+            libc::S_IFLNK => Found::Symlink,
+            _ => Found::Other,
+        })
+    }
+
+    /// The target of symlink `name`.
+    pub(crate) fn read_link(&self, name: &str) -> std::io::Result<PathBuf> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStringExt;
+        let name = std::ffi::CString::new(name)?;
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: a valid descriptor, a NUL-terminated name, and `buf` is writable for the
+        // length given.
+        let n = unsafe {
+            libc::readlinkat(
+                self.0.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        buf.truncate(n as usize);
+        Ok(PathBuf::from(std::ffi::OsString::from_vec(buf)))
     }
 }
 

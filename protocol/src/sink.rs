@@ -36,7 +36,7 @@ use crate::compress::{self, Codec};
 use crate::error::{Error, IoContext, Result};
 use crate::index;
 use crate::manifest;
-use crate::paths::{self, check_relative, Root, STATE_DIR};
+use crate::paths::{self, check_relative, DirFd, Found, Root, STATE_DIR};
 use crate::scan::{self, stat_of, Progress};
 use crate::wire::{
     Change, ChunkSpec, Entry, EntryKind, FromSink, Hash, Op, SinkIndex, SinkRecord, SinkStats,
@@ -384,7 +384,13 @@ impl Sink {
             fs::create_dir_all(&cfg.state_dir).ctx("create", &cfg.state_dir)?;
             Some(lock(&cfg.state_dir.join("lock"))?)
         };
+        let clock = Instant::now();
         let ix: SinkIndex = index::load(&cfg.state_dir.join("index")).unwrap_or_default();
+        log::debug!(
+            "sink: index of {} entries loaded in {:.0?}",
+            ix.records.len(),
+            clock.elapsed()
+        );
         let (token, records) = if ix.protocol == PROTOCOL_VERSION {
             (ix.token, ix.records)
         } else {
@@ -436,7 +442,14 @@ impl Sink {
 
     /// Validate the index against the filesystem and answer the source's `Hello`.
     pub(crate) fn greet<W: Write>(&mut self, w: &mut FrameWriter<W>, version: &str) -> Result<()> {
+        let clock = Instant::now();
         let dirty = self.validate();
+        log::debug!(
+            "sink: {} entries checked in {:.0?}, {} changed",
+            self.records.len(),
+            clock.elapsed(),
+            dirty.len()
+        );
         w.msg(&FromSink::HelloAck {
             protocol: PROTOCOL_VERSION,
             version: version.to_string(),
@@ -615,37 +628,83 @@ impl Sink {
     }
 
     /// Check every recorded path against the filesystem; returns the ones that changed.
-    /// Directories first, each walked from the root without following symlinks; then every
-    /// other path whose parent checked out is a single `lstat` (the rest walk too).
+    /// Directories first, outermost first: one is still valid when it is a directory (not a
+    /// symlink) and its parent is valid, so each costs one `lstat`. Then the other entries,
+    /// a directory at a time: each is looked up by name in its directory, opened once
+    /// without following a symlink. Entries under a directory that is not recorded are
+    /// checked as before, component by component from the root.
     fn validate(&mut self) -> Vec<String> {
         let root = self.root.clone();
-        let dirs: HashSet<&str> = self
-            .records
-            .par_iter()
-            .filter(|(path, r)| {
-                matches!(r.rec.entry.kind, EntryKind::Dir) && still_valid(&root, path, &r.rec)
-            })
-            .map(|(p, _)| p.as_str())
-            .collect();
-        let changed: Vec<String> = self
-            .records
-            .par_iter()
-            .filter(|(path, r)| match r.rec.entry.kind {
-                EntryKind::Dir => !dirs.contains(path.as_str()),
-                _ => {
-                    let parent_ok = path
-                        .rsplit_once('/')
-                        .is_none_or(|(parent, _)| dirs.contains(parent));
-                    !if parent_ok {
-                        matches_record(&root.join(path), &r.rec)
+        let is_dir = |r: &Rec| matches!(r.rec.entry.kind, EntryKind::Dir);
+        let mut by_depth: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+        for (p, r) in &self.records {
+            if is_dir(r) {
+                by_depth
+                    .entry(p.bytes().filter(|&b| b == b'/').count())
+                    .or_default()
+                    .push(p);
+            }
+        }
+        let recorded_dir = |p: &str| self.records.get(p).is_some_and(is_dir);
+        let mut valid: HashSet<&str> = HashSet::new();
+        for level in by_depth.into_values() {
+            let ok: Vec<&str> = level
+                .into_par_iter()
+                .filter(|d| {
+                    let parent = parent_of(d);
+                    if parent.is_empty() || valid.contains(parent) {
+                        fs::symlink_metadata(root.join(d)).is_ok_and(|m| m.is_dir())
+                    } else if recorded_dir(parent) {
+                        false
                     } else {
-                        still_valid(&root, path, &r.rec)
+                        still_valid(&root, d, &self.records[*d].rec)
+                    }
+                })
+                .collect();
+            valid.extend(ok);
+        }
+        // The other entries, by directory.
+        let mut by_dir: HashMap<&str, Vec<(&str, &SinkRecord)>> = HashMap::new();
+        for (p, r) in &self.records {
+            if !is_dir(r) {
+                by_dir.entry(parent_of(p)).or_default().push((p, &r.rec));
+            }
+        }
+        let mut changed: Vec<String> = by_dir
+            .into_par_iter()
+            .flat_map_iter(|(dir, entries)| {
+                let mut bad = Vec::new();
+                if dir.is_empty() || valid.contains(dir) {
+                    let opened = if dir.is_empty() {
+                        DirFd::open(root.path(), true)
+                    } else {
+                        DirFd::open(&root.join(dir), false)
+                    };
+                    for (p, rec) in entries {
+                        let name = p.rsplit('/').next().unwrap_or(p);
+                        if !opened.as_ref().is_ok_and(|d| matches_at(d, name, rec)) {
+                            bad.push(p.to_string());
+                        }
+                    }
+                } else if recorded_dir(dir) {
+                    bad.extend(entries.iter().map(|(p, _)| p.to_string()));
+                } else {
+                    for (p, rec) in entries {
+                        if !still_valid(&root, p, rec) {
+                            bad.push(p.to_string());
+                        }
                     }
                 }
+                bad
             })
-            .map(|(p, _)| p.clone())
             .collect();
-        drop(dirs);
+        changed.extend(
+            self.records
+                .iter()
+                .filter(|(p, r)| is_dir(r) && !valid.contains(p.as_str()))
+                .map(|(p, _)| p.clone()),
+        );
+        drop(valid);
         for p in &changed {
             if let Some(r) = self.records.get_mut(p) {
                 r.dirty = true;
@@ -1816,6 +1875,23 @@ fn store(
 fn still_valid(root: &Root, path: &str, rec: &SinkRecord) -> bool {
     match root.existing(path) {
         Ok(Some(abs)) => matches_record(&abs, rec),
+        _ => false,
+    }
+}
+
+/// The directory of a relative path ("" at the root).
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
+
+/// Whether entry `name` of directory `dir` is what `rec` recorded.
+fn matches_at(dir: &DirFd, name: &str, rec: &SinkRecord) -> bool {
+    match (&rec.entry.kind, dir.lstat(name)) {
+        (EntryKind::File { .. }, Ok(Found::File(stat))) => stat == rec.stat,
+        (EntryKind::Symlink { target }, Ok(Found::Symlink)) => {
+            dir.read_link(name).ok().as_deref() == Some(Path::new(target))
+        }
+        (EntryKind::Dir, Ok(Found::Dir)) => true,
         _ => false,
     }
 }
