@@ -114,23 +114,24 @@ fn run(args: &cli::Args) -> Result<i32> {
         rsync::get(&settings, &ui, d, args.dry_run)?;
         return Ok(0);
     }
+    // The agent engine's scan needs no connection: it runs while the connection is made.
+    let scan = match engine {
+        config::SyncEngine::Agent if sync => Some(sync::start_scan(&settings, &ui, args.dry_run)?),
+        _ => None,
+    };
     let ssh = ssh::Ssh::connect(&sync::ssh_options(&settings, &ui))?;
     let mut fallback = Fallback {
         settings: &settings,
         ui: &ui,
         active: false,
     };
-    if sync {
-        match engine {
-            config::SyncEngine::Agent => {
-                if let Err(e) = sync::sync(&ssh, &settings, &ui, args.dry_run) {
-                    fallback.absorb(e)?;
-                    sftp::sync(&ssh, &settings, &ui, args.dry_run)?;
-                }
-            }
-            config::SyncEngine::Sftp => sftp::sync(&ssh, &settings, &ui, args.dry_run)?,
-            config::SyncEngine::Rsync => {}
+    if let Some(scan) = scan {
+        if let Err(e) = sync::sync(&ssh, &settings, &ui, args.dry_run, scan) {
+            fallback.absorb(e)?;
+            sftp::sync(&ssh, &settings, &ui, args.dry_run)?;
         }
+    } else if sync && engine == config::SyncEngine::Sftp {
+        sftp::sync(&ssh, &settings, &ui, args.dry_run)?;
     }
     if args.sync_only {
         return Ok(0);

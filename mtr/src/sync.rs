@@ -4,13 +4,14 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use protocol::chunker::Chunker;
 use protocol::get::{ReceiveConfig, Received, Request};
 use protocol::scan::{Filter, ScanOptions};
-use protocol::source::{self, Change, Report, SourceConfig};
+use protocol::source::{self, Change, LocalTree, Report, SourceConfig};
 
 use crate::agent_install;
 use crate::config::Settings;
@@ -18,7 +19,7 @@ use crate::embedded;
 use crate::exit::UsageError;
 use crate::get::Download;
 use crate::ssh::{Ssh, SshOptions};
-use crate::ui::{self, Ui};
+use crate::ui::{self, SyncProgress, Ui};
 
 /// What one sync did, with the bytes that crossed the wire after the handshake.
 pub struct Outcome {
@@ -61,10 +62,21 @@ fn key(parts: &[&str]) -> String {
     h.finalize().to_hex()[..32].to_string()
 }
 
-/// Sync the project to the server over an open connection.
-pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool) -> Result<Outcome> {
-    let started = Instant::now();
-    let target = format!("{}:{}", ssh.display(), s.remote_dir);
+/// The local half of a sync, started before the connection is made: the scan of the project
+/// (walk, stat, hashing what changed) needs no peer, so it runs while mtr connects and the
+/// agent starts. Its progress shows once the connection is up (a host key prompt may need
+/// the terminal before that).
+pub struct LocalScan {
+    filter: Arc<Filter>,
+    index_path: PathBuf,
+    progress: SyncProgress,
+    scan: std::thread::JoinHandle<protocol::Result<LocalTree>>,
+    started: Instant,
+}
+
+/// Starts scanning the project for [`sync`]. Invalid exclude rules are an error here, before
+/// any connection.
+pub fn start_scan(s: &Settings, ui: &Ui, dry_run: bool) -> Result<LocalScan> {
     let filter = Filter::new(
         &s.project_root,
         &ScanOptions {
@@ -73,27 +85,67 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool) -> Result<Outcome> 
         },
     )
     .with_context(|| format!("invalid exclude rules in {}", s.describe_sources()))?;
+    let filter = Arc::new(filter);
+    let root = s.project_root.clone();
+    let index_path = cache_dir()
+        .join("index")
+        .join(key(&[&root.display().to_string()]));
+    let progress = ui.progress_hidden();
+    let started = Instant::now();
+    let scan = {
+        let (filter, index_path, progress) = (filter.clone(), index_path.clone(), progress.clone());
+        std::thread::Builder::new()
+            .name("scan".into())
+            .spawn(move || {
+                let cfg = SourceConfig {
+                    root: &root,
+                    filter: &filter,
+                    chunker: Chunker::default(),
+                    index_path,
+                    state_path: PathBuf::new(),
+                    dry_run,
+                };
+                source::scan_local(&cfg, &progress)
+            })
+            .context("cannot start the scan")?
+    };
+    Ok(LocalScan {
+        filter,
+        index_path,
+        progress,
+        scan,
+        started,
+    })
+}
+
+/// Sync the project to the server over an open connection; `local` is the project's scan,
+/// started by [`start_scan`] with the same settings.
+pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool, local: LocalScan) -> Result<Outcome> {
+    let target = format!("{}:{}", ssh.display(), s.remote_dir);
     let root = s.project_root.display().to_string();
+    let LocalScan {
+        filter,
+        index_path,
+        progress,
+        scan,
+        started,
+    } = local;
+    progress.show(ui);
     let mut cfg = SourceConfig {
         root: &s.project_root,
         filter: &filter,
         chunker: Chunker::default(),
-        index_path: cache_dir().join("index").join(key(&[&root])),
+        index_path,
         // Known once the agent says where it runs.
         state_path: PathBuf::new(),
         dry_run,
     };
-    let progress = ui.progress();
-    // The local scan needs no peer: it runs while the agent starts (a no-op sync of a large
-    // tree then costs about the longer of the two, not their sum).
-    let (local, agent) = std::thread::scope(|scope| {
-        let scan = scope.spawn(|| source::scan_local(&cfg, &progress));
-        let agent = agent_install::start(ssh, &s.remote_dir);
-        let local = scan
-            .join()
-            .unwrap_or_else(|_| Err(protocol::Error::Protocol("the scan panicked".into())));
-        (local, agent)
-    });
+    // The agent starts while the scan goes on (a no-op sync of a large tree then costs
+    // about the longer of the two, not their sum).
+    let agent = agent_install::start(ssh, &s.remote_dir);
+    let local = scan
+        .join()
+        .unwrap_or_else(|_| Err(protocol::Error::Protocol("the scan panicked".into())));
     let mut agent = agent.map_err(|e| refused(e, &target))?;
     let local = local
         .map_err(anyhow::Error::new)
@@ -111,6 +163,8 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool) -> Result<Outcome> 
         &progress,
     );
     progress.finish();
+    // Freeing a large tree's maps takes a while (~20 ms per 100k files) that nobody waits for.
+    std::thread::spawn(move || drop(local));
     let report = match result {
         Ok(r) => r,
         Err(e) => {

@@ -29,12 +29,17 @@ impl Ui {
 
     /// A progress display for one sync (hidden in batch mode).
     pub fn progress(&self) -> SyncProgress {
-        let bar = if self.interactive {
-            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(10))
-        } else {
-            ProgressBar::hidden()
-        };
-        SyncProgress { bar }
+        let p = self.progress_hidden();
+        p.show(self);
+        p
+    }
+
+    /// A progress display that draws nothing until [`SyncProgress::show`]: for work that
+    /// starts while the terminal may still be needed (a host key prompt while connecting).
+    pub fn progress_hidden(&self) -> SyncProgress {
+        SyncProgress {
+            bar: ProgressBar::hidden(),
+        }
     }
 
     /// Print a line for the user on stderr (interactive, or `-v` in batch mode).
@@ -51,7 +56,8 @@ impl Ui {
     }
 }
 
-/// indicatif behind the engine's progress callbacks.
+/// indicatif behind the engine's progress callbacks. Clones show the same display.
+#[derive(Clone)]
 pub struct SyncProgress {
     bar: ProgressBar,
 }
@@ -80,6 +86,14 @@ impl protocol::scan::Progress for SyncProgress {
 }
 
 impl SyncProgress {
+    /// Draw from now on (on stderr, when a person watches it).
+    pub fn show(&self, ui: &Ui) {
+        if ui.interactive {
+            self.bar
+                .set_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+        }
+    }
+
     /// Remove the display.
     pub fn finish(&self) {
         self.bar.finish_and_clear();
