@@ -559,3 +559,66 @@ fn a_file_moved_over_a_copy_source_is_not_read_for_its_old_content() {
     assert_eq!(fs::read(p.dst().join("x.bin")).unwrap(), y);
     assert!(r.raw_bytes_sent >= 200_000, "{}", r.raw_bytes_sent);
 }
+
+#[test]
+fn changes_on_the_sink_are_found_at_every_depth() {
+    let p = Pair::new();
+    for (f, body) in [
+        ("top.txt", "top"),
+        ("a/one.txt", "one"),
+        ("a/b/two.txt", "two"),
+        ("a/b/c/three.txt", "three"),
+        ("d/four.txt", "four"),
+        ("e/five.txt", "five"),
+    ] {
+        fs::create_dir_all(p.src().join(f).parent().unwrap()).unwrap();
+        fs::write(p.src().join(f), body).unwrap();
+    }
+    std::os::unix::fs::symlink("one.txt", p.src().join("a/link")).unwrap();
+    age_files(p.src());
+    p.sync();
+    assert!(p.sync().no_op);
+
+    // On the sink: a deep file rewritten (same size), a symlink retargeted, a directory
+    // replaced by a symlink to a copy of it elsewhere, a file replaced by a directory.
+    let elsewhere = tempfile::tempdir().unwrap();
+    fs::write(elsewhere.path().join("four.txt"), "four").unwrap();
+    fs::write(p.dst().join("a/b/c/three.txt"), "THREE").unwrap();
+    fs::remove_file(p.dst().join("a/link")).unwrap();
+    std::os::unix::fs::symlink("b", p.dst().join("a/link")).unwrap();
+    fs::remove_dir_all(p.dst().join("d")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), p.dst().join("d")).unwrap();
+    fs::remove_file(p.dst().join("e/five.txt")).unwrap();
+    fs::create_dir(p.dst().join("e/five.txt")).unwrap();
+
+    let r = p.sync();
+    assert!(!r.no_op);
+    let planned: Vec<&str> = r
+        .plan
+        .iter()
+        .map(|c| match c {
+            source::Change::Add(p)
+            | source::Change::Update(p)
+            | source::Change::Touch(p)
+            | source::Change::Delete(p) => p.as_str(),
+        })
+        .collect();
+    for changed in ["a/b/c/three.txt", "a/link", "d", "d/four.txt", "e/five.txt"] {
+        assert!(
+            planned.contains(&changed),
+            "{changed} not resent: {planned:?}"
+        );
+    }
+    for unchanged in ["top.txt", "a/one.txt", "a/b/two.txt"] {
+        assert!(
+            !planned.contains(&unchanged),
+            "{unchanged} resent: {planned:?}"
+        );
+    }
+    // Nothing was written through the symlink that stood in for `d`.
+    assert_eq!(
+        fs::read_to_string(elsewhere.path().join("four.txt")).unwrap(),
+        "four"
+    );
+    assert!(p.sync().no_op);
+}
