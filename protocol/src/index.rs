@@ -5,15 +5,16 @@
 
 use std::path::Path;
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
 
 /// Load a state file; `None` when it is missing or unreadable (logged). Decoded as it is
 /// decompressed: neither the file nor its decompressed bytes are held whole, and a `T` of
 /// only the leading fields of what was saved (in order) decompresses and decodes no more than
-/// they take.
-pub fn load<T: DeserializeOwned>(path: &Path) -> Option<T> {
+/// they take. Saved through serde, loaded with bincode's own `Decode` (the same bytes; see
+/// `wire`).
+pub fn load<T: bincode::Decode<()>>(path: &Path) -> Option<T> {
     let f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -31,7 +32,7 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Option<T> {
     };
     // bincode reads a few bytes at a time: buffer the decoder's output.
     let mut raw = std::io::BufReader::with_capacity(64 << 10, raw);
-    match bincode::serde::decode_from_std_read(&mut raw, bincode::config::standard()) {
+    match bincode::decode_from_std_read(&mut raw, bincode::config::standard()) {
         Ok(v) => Some(v),
         Err(e) => {
             log::warn!(
@@ -96,7 +97,7 @@ mod tests {
         save(&p, &s).unwrap();
         let back: SyncState = load(&p).unwrap();
         assert_eq!(back.token, s.token);
-        #[derive(serde::Deserialize)]
+        #[derive(bincode::Decode)]
         struct Head {
             protocol: u32,
             token: Option<crate::wire::Hash>,

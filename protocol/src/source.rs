@@ -145,7 +145,7 @@ const MAX_NEED_ROUNDS: usize = 2;
 const MAX_NEED_FACTOR: usize = 2;
 
 /// The first fields of a [`SyncState`], read without its entries.
-#[derive(serde::Deserialize)]
+#[derive(bincode::Decode)]
 struct StateHead {
     protocol: u32,
     token: Option<Hash>,
