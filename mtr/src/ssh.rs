@@ -154,10 +154,47 @@ impl Ssh {
 
     /// Opens a session channel without starting anything, so the caller can request a PTY or
     /// set environment variables before `exec`.
+    ///
+    /// OpenSSH's sshd sends a message of its own right after authentication
+    /// (`hostkeys-00@openssh.com`) and, Nagle being on for it, holds the channel's confirmation
+    /// until that message is acknowledged; Linux delays that ACK by 40 ms. So the channel is
+    /// opened without blocking, and whatever arrives meanwhile is acknowledged at once.
     pub fn channel(&self) -> Result<Channel> {
-        self.session
-            .channel_session()
-            .with_context(|| format!("cannot open an SSH channel to {}", self.display))
+        const EAGAIN: i32 = -37;
+        let timeout = match self.session.timeout() {
+            0 => None,
+            ms => Some(Duration::from_millis(ms.into())),
+        };
+        let started = std::time::Instant::now();
+        self.session.set_blocking(false);
+        let opened = loop {
+            match self.session.channel_session() {
+                Err(e) if e.code() == ssh2::ErrorCode::Session(EAGAIN) => {
+                    let left = match timeout {
+                        Some(t) if started.elapsed() >= t => {
+                            break Err(anyhow!(
+                                "{} did not open a channel within {} s",
+                                self.display,
+                                t.as_secs()
+                            ))
+                        }
+                        Some(t) => (t - started.elapsed()).as_millis().min(1000) as i32,
+                        None => 1000,
+                    };
+                    let mut pfd = libc::pollfd {
+                        fd: self.session.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    unsafe { libc::poll(&mut pfd, 1, left.max(1)) };
+                    ack_now(self.socket());
+                }
+                other => break other.map_err(anyhow::Error::new),
+            }
+        };
+        self.session.set_blocking(true);
+        opened.with_context(|| format!("cannot open an SSH channel to {}", self.display))
     }
 
     /// Starts `command` (interpreted by the user's login shell) on a new channel.
@@ -221,6 +258,23 @@ pub(crate) fn signal_number(name: &str) -> i32 {
 
 fn millis(d: Duration) -> u32 {
     d.as_millis().clamp(1, u32::MAX as u128) as u32
+}
+
+/// Acknowledges at once what `fd` has received and not yet acknowledged (`TCP_QUICKACK`:
+/// a pending delayed ACK is sent now).
+fn ack_now(fd: BorrowedFd<'_>) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on an open socket with a pointer to an int of the size given;
+    // failure (not a TCP socket) changes nothing.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
 
 /// Resolves the host and tries each address in turn.
