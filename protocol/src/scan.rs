@@ -719,7 +719,10 @@ pub fn scan(
         tree.files_hashed += 1;
         done[k] = Some((st, specs));
     }
-    tree.index_outdated = outdated || tree.files_hashed > 0;
+    let reused = plans.iter().filter(|p| matches!(p, Plan::Reuse(_))).count();
+    // Anything but the same files under the same paths: saved, so the next scan finds them
+    // by path (a renamed directory's files are otherwise looked up by stat every time).
+    tree.index_outdated = outdated || reused != old.len() || reused != plans.len();
     // Copies first: the entries they copy may be moved out below.
     for (k, plan) in plans.iter().enumerate() {
         if let Plan::Moved(i) = plan {
@@ -852,6 +855,18 @@ mod tests {
         let t2 = scan(r, &f, || Some(ix.clone()), &c, &NoProgress).unwrap();
         assert_eq!(t2.files_hashed, 0);
         assert_eq!(t1.entries, t2.entries);
+        assert!(!t2.index_outdated, "nothing changed: nothing to save");
+        // A renamed directory: its file found by stat, not read, and the index saved anew.
+        fs::rename(r.join("a"), r.join("b")).unwrap();
+        let moved = scan(r, &f, || Some(ix.clone()), &c, &NoProgress).unwrap();
+        assert_eq!(moved.files_hashed, 0);
+        assert!(moved.index_outdated);
+        assert_eq!(moved.chunks("b/x.py"), t1.chunks("a/x.py"));
+        let mut saved = owned(&moved);
+        saved.scanned_at_ns += 10_000_000_000;
+        let again = scan(r, &f, || Some(saved), &c, &NoProgress).unwrap();
+        assert!(!again.index_outdated);
+        fs::rename(r.join("b"), r.join("a")).unwrap();
         // A racily-clean entry (modified right before the scan) is hashed again.
         ix.scanned_at_ns -= 10_000_000_000;
         ix.scanned_at_ns = fs::metadata(r.join("a/x.py"))
