@@ -5,15 +5,12 @@
 
 use std::path::Path;
 
-use serde::Serialize;
-
 use crate::error::{Error, IoContext, Result};
 
 /// Load a state file; `None` when it is missing or unreadable (logged). Decoded as it is
 /// decompressed: neither the file nor its decompressed bytes are held whole, and a `T` of
 /// only the leading fields of what was saved (in order) decompresses and decodes no more than
-/// they take. Saved through serde, loaded with bincode's own `Decode` (the same bytes; see
-/// `wire`).
+/// they take. Encoded with bincode's own derives, which write what serde would (see `wire`).
 pub fn load<T: bincode::Decode<()>>(path: &Path) -> Option<T> {
     let f = match std::fs::File::open(path) {
         Ok(f) => f,
@@ -46,7 +43,7 @@ pub fn load<T: bincode::Decode<()>>(path: &Path) -> Option<T> {
 
 /// Save a state file atomically, creating its directory. Encoded as it is compressed and
 /// written: the encoding is never held whole.
-pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub fn save<T: bincode::Encode>(path: &Path, value: &T) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::Conflict(format!("{} has no parent directory", path.display())))?;
@@ -60,7 +57,7 @@ pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         let f = std::fs::File::create(&tmp).ctx("create", &tmp)?;
         let z = zstd::stream::write::Encoder::new(f, 1).ctx("compress", &tmp)?;
         let mut w = std::io::BufWriter::with_capacity(64 << 10, z);
-        bincode::serde::encode_into_std_write(value, &mut w, bincode::config::standard()).map_err(
+        bincode::encode_into_std_write(value, &mut w, bincode::config::standard()).map_err(
             |e| match e {
                 bincode::error::EncodeError::Io { inner, .. } => Error::io("write", &tmp, inner),
                 e => Error::Protocol(format!("cannot encode {}: {e}", path.display())),

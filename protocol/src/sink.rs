@@ -214,23 +214,19 @@ struct IndexOut<'a> {
     records: &'a BTreeMap<String, Rec>,
 }
 
-impl serde::Serialize for IndexOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        struct Records<'a>(&'a BTreeMap<String, Rec>);
-        impl serde::Serialize for Records<'_> {
-            fn serialize<S: serde::Serializer>(
-                &self,
-                s: S,
-            ) -> std::result::Result<S::Ok, S::Error> {
-                s.collect_seq(self.0.values().map(|r| &r.rec))
-            }
+impl bincode::Encode for IndexOut<'_> {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        e: &mut E,
+    ) -> std::result::Result<(), bincode::error::EncodeError> {
+        PROTOCOL_VERSION.encode(e)?;
+        self.token.encode(e)?;
+        // A sequence is its length, then its items.
+        (self.records.len() as u64).encode(e)?;
+        for r in self.records.values() {
+            r.rec.encode(e)?;
         }
-        let mut st = s.serialize_struct("SinkIndex", 3)?;
-        st.serialize_field("protocol", &PROTOCOL_VERSION)?;
-        st.serialize_field("token", &self.token)?;
-        st.serialize_field("records", &Records(self.records))?;
-        st.end()
+        Ok(())
     }
 }
 
@@ -2017,7 +2013,7 @@ mod tests {
                 records: &records,
             };
             assert_eq!(
-                bincode::serde::encode_to_vec(&out, cfg).unwrap(),
+                bincode::encode_to_vec(&out, cfg).unwrap(),
                 bincode::serde::encode_to_vec(&whole, cfg).unwrap()
             );
         }

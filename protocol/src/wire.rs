@@ -2,9 +2,10 @@
 //! state files. Nothing outside this module derives `Serialize`/`Deserialize`. Changing any type
 //! here changes the format: bump [`PROTOCOL_VERSION`].
 //!
-//! Persisted types also derive bincode's own `Decode`, which reads the same bytes as the serde
-//! path (tested below) but takes a hash's 32 bytes in one read instead of 32: loading the
-//! index of 100k files is most of a no-op's work on both sides.
+//! Persisted types also derive bincode's own `Encode`/`Decode`, which write and read the same
+//! bytes as the serde path (tested below) but take a hash's 32 bytes in one call instead of
+//! 32: loading the index of 100k files is most of a no-op's work on both sides, and saving it
+//! part of every sync's commit.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +20,9 @@ pub const MAGIC: &[u8; 12] = b"\x00MTR-AGENT\x01\n";
 pub type Hash = [u8; 32];
 
 /// What a path in a tree is.
-#[derive(Serialize, Deserialize, bincode::Decode, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Serialize, Deserialize, bincode::Encode, bincode::Decode, Clone, Debug, PartialEq, Eq, Hash,
+)]
 pub enum EntryKind {
     /// A directory (every directory is listed, so empty ones survive).
     Dir,
@@ -36,14 +39,16 @@ pub enum EntryKind {
 }
 
 /// One path of a tree, relative to its root, `/`-separated, valid UTF-8.
-#[derive(Serialize, Deserialize, bincode::Decode, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, bincode::Encode, bincode::Decode, Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub path: String,
     pub kind: EntryKind,
 }
 
 /// One chunk of a file: its hash and length. Offsets follow from the order.
-#[derive(Serialize, Deserialize, bincode::Decode, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Serialize, Deserialize, bincode::Encode, bincode::Decode, Clone, Copy, Debug, PartialEq, Eq,
+)]
 pub struct ChunkSpec {
     pub hash: Hash,
     pub len: u32,
@@ -181,7 +186,9 @@ pub struct SinkStats {
 }
 
 /// Which chunking parameters a peer uses; both must agree for chunk hashes to match.
-#[derive(Serialize, Deserialize, bincode::Decode, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Serialize, Deserialize, bincode::Encode, bincode::Decode, Clone, Copy, Debug, PartialEq, Eq,
+)]
 pub struct ChunkerId {
     pub min: u32,
     pub avg: u32,
@@ -190,7 +197,7 @@ pub struct ChunkerId {
 }
 
 /// The sink's persisted record of a path it wrote.
-#[derive(Serialize, Deserialize, bincode::Decode, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, bincode::Encode, bincode::Decode, Clone, Debug, PartialEq, Eq)]
 pub struct SinkRecord {
     pub entry: Entry,
     /// Chunks of a file (empty for dirs and symlinks).
@@ -201,7 +208,17 @@ pub struct SinkRecord {
 
 /// The fields of `stat` that tell whether a file changed since it was recorded.
 #[derive(
-    Serialize, Deserialize, bincode::Decode, Clone, Copy, Debug, PartialEq, Eq, Hash, Default,
+    Serialize,
+    Deserialize,
+    bincode::Encode,
+    bincode::Decode,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
 )]
 pub struct StatKey {
     pub size: u64,
@@ -211,7 +228,7 @@ pub struct StatKey {
 }
 
 /// The sink's persisted state (`<root>/.mtr-sync/index`).
-#[derive(Serialize, Deserialize, bincode::Decode, Clone, Debug, Default)]
+#[derive(Serialize, Deserialize, bincode::Encode, bincode::Decode, Clone, Debug, Default)]
 pub struct SinkIndex {
     pub protocol: u32,
     pub token: Option<Hash>,
@@ -220,7 +237,7 @@ pub struct SinkIndex {
 
 /// The source's persisted chunk index for one local tree: stat → chunks, so unchanged files are
 /// never re-read.
-#[derive(Serialize, Deserialize, bincode::Decode, Clone, Debug, Default)]
+#[derive(Serialize, Deserialize, bincode::Encode, bincode::Decode, Clone, Debug, Default)]
 pub struct SourceIndex {
     pub protocol: u32,
     pub chunker: Option<ChunkerId>,
@@ -231,7 +248,7 @@ pub struct SourceIndex {
 }
 
 /// A [`SourceIndex`] to save, borrowing its files: encodes to the same bytes.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, bincode::Encode, Debug)]
 pub struct SourceIndexRef<'a> {
     pub protocol: u32,
     pub chunker: Option<ChunkerId>,
@@ -240,7 +257,7 @@ pub struct SourceIndexRef<'a> {
 }
 
 /// One file of a [`SourceIndex`].
-#[derive(Serialize, Deserialize, bincode::Decode, Clone, Debug)]
+#[derive(Serialize, Deserialize, bincode::Encode, bincode::Decode, Clone, Debug)]
 pub struct SourceIndexEntry {
     pub path: String,
     pub stat: StatKey,
@@ -248,7 +265,7 @@ pub struct SourceIndexEntry {
 }
 
 /// What the source remembers of a destination: the tree the sink acknowledged last.
-#[derive(Serialize, Deserialize, bincode::Decode, Clone, Debug, Default)]
+#[derive(Serialize, Deserialize, bincode::Encode, bincode::Decode, Clone, Debug, Default)]
 pub struct SyncState {
     pub protocol: u32,
     pub token: Option<Hash>,
@@ -320,18 +337,21 @@ impl<'de> Deserialize<'de> for Bytes {
 mod tests {
     use super::*;
 
-    /// What `index::save` writes for `value`, and what `index::load` reads back from it,
-    /// written again: the same bytes when serde's and bincode's own derives agree.
-    fn reloaded<T: Serialize + bincode::Decode<()>>(value: &T) -> (Vec<u8>, Vec<u8>) {
+    /// What serde writes for `value` (what older mtr saved), and what bincode's own derives
+    /// write for what they read back from it: the same bytes when the two agree.
+    fn reloaded<T: Serialize + bincode::Encode + bincode::Decode<()>>(
+        value: &T,
+    ) -> (Vec<u8>, Vec<u8>) {
         let cfg = bincode::config::standard();
         let saved = bincode::serde::encode_to_vec(value, cfg).unwrap();
+        assert_eq!(saved, bincode::encode_to_vec(value, cfg).unwrap());
         let (back, used): (T, usize) = bincode::decode_from_slice(&saved, cfg).unwrap();
         assert_eq!(used, saved.len());
-        (saved, bincode::serde::encode_to_vec(&back, cfg).unwrap())
+        (saved, bincode::encode_to_vec(&back, cfg).unwrap())
     }
 
     #[test]
-    fn persisted_files_load_through_bincode_decode_as_serde_saved_them() {
+    fn persisted_files_encode_and_decode_through_bincode_as_through_serde() {
         let stat = StatKey {
             size: 1 << 40,
             mtime_ns: -1_500_000_000,
@@ -409,6 +429,14 @@ mod tests {
         assert_eq!(a, b);
         let (a, b) = reloaded(&source);
         assert_eq!(a, b);
+        let borrowed = SourceIndexRef {
+            protocol: source.protocol,
+            chunker: source.chunker,
+            scanned_at_ns: source.scanned_at_ns,
+            files: &source.files,
+        };
+        let cfg = bincode::config::standard();
+        assert_eq!(bincode::encode_to_vec(&borrowed, cfg).unwrap(), a);
         let (a, b) = reloaded(&SourceIndex::default());
         assert_eq!(a, b);
         for s in &states {
