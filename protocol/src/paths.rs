@@ -197,6 +197,22 @@ pub(crate) enum Found {
     Other,
 }
 
+impl Found {
+    /// What `m` (from `lstat`) says the path holds.
+    pub(crate) fn of(m: &std::fs::Metadata) -> Found {
+        let t = m.file_type();
+        if t.is_file() {
+            Found::File(crate::scan::stat_of(m))
+        } else if t.is_dir() {
+            Found::Dir
+        } else if t.is_symlink() {
+            Found::Symlink
+        } else {
+            Found::Other
+        }
+    }
+}
+
 /// A directory opened to look at its entries by name (`O_PATH`, not through a symlink at its
 /// last component): each lookup is one component from the directory, not a whole path from
 /// `/`, which is most of what a `stat` of a deep path costs.

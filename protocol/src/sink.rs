@@ -649,7 +649,7 @@ impl Sink {
                 .filter(|d| {
                     let parent = parent_of(d);
                     if parent.is_empty() || valid.contains(parent) {
-                        fs::symlink_metadata(root.join(d)).is_ok_and(|m| m.is_dir())
+                        matches_record(&root.join(d), &self.records[*d].rec)
                     } else if recorded_dir(parent) {
                         false
                     } else {
@@ -1882,28 +1882,25 @@ fn parent_of(path: &str) -> &str {
 
 /// Whether entry `name` of directory `dir` is what `rec` recorded.
 fn matches_at(dir: &DirFd, name: &str, rec: &SinkRecord) -> bool {
-    match (&rec.entry.kind, dir.lstat(name)) {
-        (EntryKind::File { .. }, Ok(Found::File(stat))) => stat == rec.stat,
-        (EntryKind::Symlink { target }, Ok(Found::Symlink)) => {
-            dir.read_link(name).ok().as_deref() == Some(Path::new(target))
-        }
-        (EntryKind::Dir, Ok(Found::Dir)) => true,
-        _ => false,
-    }
+    dir.lstat(name)
+        .is_ok_and(|found| is_recorded(found, || dir.read_link(name).ok(), rec))
 }
 
 /// Whether `abs` (reached without symlinks) is what `rec` recorded.
 fn matches_record(abs: &Path, rec: &SinkRecord) -> bool {
-    let Ok(m) = fs::symlink_metadata(abs) else {
-        return false;
-    };
-    match &rec.entry.kind {
-        EntryKind::Dir => m.is_dir(),
-        EntryKind::Symlink { target } => {
-            m.file_type().is_symlink()
-                && fs::read_link(abs).ok().as_deref() == Some(Path::new(target))
+    fs::symlink_metadata(abs)
+        .is_ok_and(|m| is_recorded(Found::of(&m), || fs::read_link(abs).ok(), rec))
+}
+
+/// Whether what a path holds (`found`, and its target if a symlink) is what `rec` recorded.
+fn is_recorded(found: Found, target: impl FnOnce() -> Option<PathBuf>, rec: &SinkRecord) -> bool {
+    match (&rec.entry.kind, found) {
+        (EntryKind::File { .. }, Found::File(stat)) => stat == rec.stat,
+        (EntryKind::Symlink { target: t }, Found::Symlink) => {
+            target().as_deref() == Some(Path::new(t))
         }
-        EntryKind::File { .. } => m.is_file() && stat_of(&m) == rec.stat,
+        (EntryKind::Dir, Found::Dir) => true,
+        _ => false,
     }
 }
 
