@@ -163,8 +163,6 @@ fn scan_path(
     let index_path = dir.join("index");
     let state_path = dir.join(format!("state-{}", key(req.name.as_bytes())));
     let old: Option<SourceIndex> = index::load(&index_path);
-    let had_index = old.is_some();
-    let save = |hashed: u64| !req.dry_run && (hashed > 0 || !had_index);
     let tree = if meta.is_dir() {
         let filter = Filter::download(&real);
         let tree = scan::scan(&real, &filter, || old, chunker, &NoProgress)?;
@@ -175,7 +173,7 @@ fn scan_path(
         tree.nest(&req.name)
     } else if meta.is_file() {
         let (tree, ix) = scan::scan_file(&real, &req.name, old.as_ref(), chunker, &NoProgress)?;
-        if save(tree.files_hashed) {
+        if !req.dry_run && tree.index_outdated {
             index::save(&index_path, &ix)?;
         }
         tree

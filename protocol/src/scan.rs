@@ -532,6 +532,8 @@ pub fn scan_file(
     let mut tree = Tree {
         scanned_at_ns: started,
         chunker: Some(chunker.id()),
+        // Reused from the index or not: saved unless it was.
+        index_outdated: known.is_none(),
         ..Tree::default()
     };
     let (st, specs) = match known {
