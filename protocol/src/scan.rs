@@ -27,6 +27,9 @@ use crate::wire::{
 const RACY_WINDOW_NS: i64 = 100_000_000;
 /// Name of mtr's own ignore file, honoured at every level.
 pub const MTRIGNORE: &str = ".mtrignore";
+/// The ignore files a directory may hold: `.gitignore` (with `respect_gitignore`), then
+/// [`MTRIGNORE`].
+const IGNORE_FILES: [&str; 2] = [".gitignore", MTRIGNORE];
 
 /// What to leave out of a scan.
 #[derive(Debug, Clone, Default)]
@@ -92,10 +95,10 @@ impl Filter {
             self.root.join(dir)
         };
         let mut rules = Vec::new();
-        let names: &[&str] = if self.respect_gitignore {
-            &[".gitignore", MTRIGNORE]
+        let names = if self.respect_gitignore {
+            &IGNORE_FILES[..]
         } else {
-            &[MTRIGNORE]
+            &IGNORE_FILES[1..]
         };
         for name in names {
             let f = abs.join(name);
@@ -332,7 +335,7 @@ fn walk(
         .iter()
         .filter_map(|de| {
             let name = de.file_name();
-            [".gitignore", MTRIGNORE]
+            IGNORE_FILES
                 .into_iter()
                 .find(|n| name.as_encoded_bytes() == n.as_bytes())
         })

@@ -248,7 +248,7 @@ pub struct SourceIndex {
 }
 
 /// A [`SourceIndex`] to save, borrowing its files: encodes to the same bytes.
-#[derive(Serialize, bincode::Encode, Debug)]
+#[derive(bincode::Encode, Debug)]
 pub struct SourceIndexRef<'a> {
     pub protocol: u32,
     pub chunker: Option<ChunkerId>,
