@@ -4,8 +4,10 @@
 //! one download as its source ([`protocol::get::serve`]), keeping its chunk index in
 //! `BASE/send/`; `mtr-agent run` greets and supervises one command of mtr's batch mode
 //! ([`run`]). It never prompts and never prints to stdout outside the protocol; diagnostics go
-//! to stderr.
+//! to stderr. `-v` after `serve` or `send` turns on protocol debug lines on stderr (mtr passes
+//! it when it runs with `-vv` and shows what the agent wrote when the session ends).
 
+mod log;
 mod run;
 
 use std::fs::File;
@@ -19,7 +21,11 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-v") {
+        args.retain(|a| a != "-v");
+        log::init();
+    }
     let code = match args.first().map(String::as_str) {
         Some("serve") => serve(),
         Some("send") => send(args.get(1).map(PathBuf::from)),

@@ -152,7 +152,8 @@ impl AgentSession {
     pub fn finish(mut self) -> Result<()> {
         let flushed = self.writer.flush();
         let (status, stderr) = drain(&mut self.channel, &self.session, FINISH_TIMEOUT);
-        let stderr = agent_stderr(&stderr);
+        let stderr = log_lines(agent_stderr(&stderr));
+        let stderr = stderr.as_str();
         let what = || format!("mtr-agent on {} ({})", self.host, self.remote_path);
         flushed.with_context(|| format!("{} stopped reading", what()))?;
         match status {
@@ -171,7 +172,8 @@ impl AgentSession {
     /// returns what it said, as ` (mtr-agent exited with status 1: ...)`, or an empty string.
     pub fn abort(mut self) -> String {
         let (status, stderr) = drain(&mut self.channel, &self.session, DRAIN_TIMEOUT);
-        let stderr = agent_stderr(&stderr).trim();
+        let stderr = log_lines(agent_stderr(&stderr));
+        let stderr = stderr.trim();
         match status {
             Some(0) | None if stderr.is_empty() => String::new(),
             Some(n) => format!(" (mtr-agent exited with status {n}{})", said(stderr)),
@@ -186,6 +188,33 @@ pub(crate) fn agent_stderr(stderr: &str) -> &str {
     match stderr.rfind("mtr-launch: ") {
         Some(at) => stderr[at..].split_once('\n').map_or("", |(_, rest)| rest),
         None => stderr,
+    }
+}
+
+/// Logs the agent's debug lines (`mtr-agent: [  12.3 ms] ...`, written when it runs with
+/// `-v`) and returns the rest of what it wrote: its errors.
+fn log_lines(stderr: &str) -> String {
+    let mut rest = String::new();
+    for line in stderr.lines() {
+        if line.starts_with(AGENT_LOG_PREFIX) {
+            log::debug!("{line}");
+        } else {
+            rest.push_str(line);
+            rest.push('\n');
+        }
+    }
+    rest
+}
+
+/// How the agent's debug lines start (`mtr-agent/src/log.rs`).
+const AGENT_LOG_PREFIX: &str = "mtr-agent: [";
+
+/// ` -v` when mtr logs debug lines: the agent then writes its own on stderr.
+fn agent_verbosity() -> &'static str {
+    if log::log_enabled!(log::Level::Debug) {
+        " -v"
+    } else {
+        ""
     }
 }
 
@@ -303,15 +332,16 @@ pub(crate) fn sh_c(script: &str) -> String {
 /// (`unsafe`) and moves on. `serve` and `send` run in a subshell whose status 126 means
 /// "cannot execute" (a noexec mount): the next base is tried. `send` gets its base, where it
 /// keeps its chunk index. `run` cannot: its status is the user's command's, 126 included, so
-/// the script first checks that the agent executes (`--version`), then `exec`s it.
+/// the script first checks that the agent executes (`--version`), then `exec`s it. When mtr
+/// logs debug lines, `serve` and `send` get `-v` and write theirs on stderr (see [`log_lines`]).
 pub(crate) fn launch_script(agent: &Agent, layout: &Layout, mode: Mode) -> String {
+    let v = agent_verbosity();
     let start = match mode {
-        Mode::Serve => "(umask $um; exec \"$p\" serve); rc=$?; ",
-        Mode::Send(_) => "(exec \"$p\" send \"$b\"); rc=$?; ",
-        Mode::Run => {
-            "\"$p\" --version >/dev/null 2>&1; rc=$?; \
+        Mode::Serve => format!("(umask $um; exec \"$p\" serve{v}); rc=$?; "),
+        Mode::Send(_) => format!("(exec \"$p\" send{v} \"$b\"); rc=$?; "),
+        Mode::Run => "\"$p\" --version >/dev/null 2>&1; rc=$?; \
              if [ $rc -ne 126 ]; then umask $um; exec \"$p\" run; fi; "
-        }
+            .to_string(),
     };
     format!(
         "um=$(umask); umask 077; {fns}sub={sub}; os=$(uname -s); arch=$(uname -m); \
@@ -569,7 +599,7 @@ fn start_mode(
                         return Err(anyhow!(e)).context(format!(
                             "mtr-agent at {path} on {host} failed to start a session for \
                              {remote_dir}{context}{}",
-                            said(agent_stderr(&stderr))
+                            said(&log_lines(agent_stderr(&stderr)))
                         ));
                     }
                 }
@@ -1541,6 +1571,15 @@ mod tests {
         assert_eq!(report.other.len(), 2);
         assert_eq!(next_base(&report, &[], 4), Some(1));
         assert_eq!(next_base(&report, &[1, 2], 4), None);
+    }
+
+    #[test]
+    fn the_agents_debug_lines_are_not_its_error() {
+        assert_eq!(
+            log_lines("mtr-agent: [   1.0 ms] sink: index\nmtr-agent: disk full\n"),
+            "mtr-agent: disk full\n"
+        );
+        assert_eq!(log_lines("mtr-agent: [   1.0 ms] sink: index"), "");
     }
 
     #[test]

@@ -191,6 +191,7 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool, local: LocalScan) -
     agent
         .finish()
         .with_context(|| format!("sync to {target}"))?;
+    log::debug!("mtr-agent exited");
     for w in &outcome.report.warnings {
         ui.warn(&format!("skipped {w}"));
     }

@@ -33,6 +33,31 @@ fn first_sync_copies_the_tree_and_a_second_is_a_noop() {
 }
 
 #[test]
+fn debug_output_shows_the_agents_timeline() {
+    let p = Project::new();
+    p.write("train.py", "print(1)");
+    p.sync();
+    p.write("train.py", "print(2)");
+    let out = p
+        .mtr()
+        .args(["--no-tty", "-vv", "--sync-only"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The agent's own debug lines, each once, as mtr's, with the agent's clock.
+    for phase in ["sink: index of 1 entries loaded in", "sink: 1 entries checked in"] {
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(phase)).collect();
+        assert_eq!(lines.len(), 1, "{phase}:\n{stderr}");
+        assert!(lines[0].contains("mtr: debug: ["), "{}", lines[0]);
+        assert!(lines[0].contains("mtr-agent: ["), "{}", lines[0]);
+    }
+    // Without -vv the agent says nothing.
+    p.write("train.py", "print(3)");
+    assert!(!p.sync().contains("mtr-agent: ["));
+}
+
+#[test]
 fn edits_deletes_and_renames_reach_the_remote() {
     let p = Project::new();
     testkit::gen::source_tree(p.root(), 100, 1_000_000, 2);
