@@ -3,7 +3,7 @@
 //! missing, corrupt or older file reads as "no state": these are caches, and losing one costs a
 //! rescan, never data.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 
@@ -27,9 +27,11 @@ pub fn load<T: bincode::Decode<()>>(path: &Path) -> Option<T> {
             return None;
         }
     };
-    // bincode reads a few bytes at a time: buffer the decoder's output.
+    // bincode reads a few bytes at a time: buffer the decoder's output, and decode from the
+    // buffer itself (bincode's `Reader` for a `BufReader` peeks at it for varints, instead of
+    // reading them a byte at a time).
     let mut raw = std::io::BufReader::with_capacity(64 << 10, raw);
-    match bincode::decode_from_std_read(&mut raw, bincode::config::standard()) {
+    match bincode::decode_from_reader(&mut raw, bincode::config::standard()) {
         Ok(v) => Some(v),
         Err(e) => {
             log::warn!(
@@ -44,37 +46,64 @@ pub fn load<T: bincode::Decode<()>>(path: &Path) -> Option<T> {
 /// Save a state file atomically, creating its directory. Encoded as it is compressed and
 /// written: the encoding is never held whole.
 pub fn save<T: bincode::Encode>(path: &Path, value: &T) -> Result<()> {
+    prepare(path, value)?.commit()
+}
+
+/// A state file written beside its place, not yet in it: [`Prepared::commit`] puts it there;
+/// dropped uncommitted, it is removed and the old file stays.
+#[must_use = "a prepared state file takes effect only when committed"]
+pub struct Prepared {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Prepared {
+    pub fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.path).ctx("rename", &self.path)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Write a state file's new version beside it (see [`save`]), to be put in place later.
+pub fn prepare<T: bincode::Encode>(path: &Path, value: &T) -> Result<Prepared> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::Conflict(format!("{} has no parent directory", path.display())))?;
     std::fs::create_dir_all(dir).ctx("create directory", dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-        std::process::id()
-    ));
-    let written = (|| -> Result<()> {
-        let f = std::fs::File::create(&tmp).ctx("create", &tmp)?;
-        let z = zstd::stream::write::Encoder::new(f, 1).ctx("compress", &tmp)?;
-        let mut w = std::io::BufWriter::with_capacity(64 << 10, z);
-        bincode::encode_into_std_write(value, &mut w, bincode::config::standard()).map_err(
-            |e| match e {
-                bincode::error::EncodeError::Io { inner, .. } => Error::io("write", &tmp, inner),
-                e => Error::Protocol(format!("cannot encode {}: {e}", path.display())),
-            },
-        )?;
-        let z = w
-            .into_inner()
-            .map_err(|e| Error::io("write", &tmp, e.into_error()))?;
-        z.finish().ctx("write", &tmp)?;
-        Ok(())
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, path).ctx("rename", path)?;
-    Ok(())
+    let prepared = Prepared {
+        tmp: dir.join(format!(
+            ".{}.tmp{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+            std::process::id()
+        )),
+        path: path.to_path_buf(),
+        committed: false,
+    };
+    let tmp = &prepared.tmp;
+    let f = std::fs::File::create(tmp).ctx("create", tmp)?;
+    let z = zstd::stream::write::Encoder::new(f, 1).ctx("compress", tmp)?;
+    let mut w = std::io::BufWriter::with_capacity(64 << 10, z);
+    bincode::encode_into_std_write(value, &mut w, bincode::config::standard()).map_err(
+        |e| match e {
+            bincode::error::EncodeError::Io { inner, .. } => Error::io("write", tmp, inner),
+            e => Error::Protocol(format!("cannot encode {}: {e}", path.display())),
+        },
+    )?;
+    let z = w
+        .into_inner()
+        .map_err(|e| Error::io("write", tmp, e.into_error()))?;
+    z.finish().ctx("write", tmp)?;
+    Ok(prepared)
 }
 
 #[cfg(test)]

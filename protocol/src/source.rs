@@ -305,14 +305,23 @@ pub(crate) fn push<R: Read, W: Write>(
         }
         return Ok(report);
     }
+    let clock = std::time::Instant::now();
     let state: Option<SyncState> = index::load(state_path);
     let cached = state.filter(|s| matches(s.protocol, s.token));
     let base: Manifest = match cached {
         Some(s) => manifest::from_entries(s.entries),
         None => list_index(r, w)?,
     };
+    let loaded = clock.elapsed();
     let force: HashSet<String> = ack.dirty.iter().cloned().collect();
     let d = diff(&base, &tree.entries, &force, excluded);
+    log::debug!(
+        "diff: base of {} entries in {loaded:.0?}, {} upserts and {} deletes in {:.0?}",
+        base.len(),
+        d.upserts.len(),
+        d.deletes.len(),
+        clock.elapsed() - loaded
+    );
     for (p, content) in &d.upserts {
         report.plan.push(match (base.contains_key(p), content) {
             (false, _) => Change::Add(p.clone()),
@@ -474,12 +483,24 @@ pub(crate) fn push<R: Read, W: Write>(
     }
     w.msg(&ToSink::Commit)?;
     w.flush()?;
-    match expect(r, "commit")? {
+    // The state is written while the sink commits, and put in place once the sink's token is
+    // known to be ours.
+    let (reply, prepared) = std::thread::scope(|scope| {
+        let prepared =
+            scope.spawn(|| prepare_state(state_path, Some(current_token), &tree.entries));
+        let reply = expect(r, "commit");
+        let prepared = prepared
+            .join()
+            .unwrap_or_else(|_| Err(Error::Protocol("saving the state panicked".into())));
+        (reply, prepared)
+    });
+    match reply? {
         FromSink::Committed { token, stats } => {
             report.sink = stats;
             if token == current_token {
-                save_state(state_path, Some(token), &tree.entries)?;
+                prepared?.commit()?;
             } else {
+                drop(prepared);
                 log::warn!("the receiving tree differs from the sent one after the sync; the next sync compares them in full");
                 save_state(state_path, None, &tree.entries)?;
             }
@@ -495,14 +516,29 @@ pub(crate) fn push<R: Read, W: Write>(
 }
 
 fn save_state(state_path: &Path, token: Option<Hash>, entries: &Manifest) -> Result<()> {
-    index::save(
+    prepare_state(state_path, token, entries)?.commit()
+}
+
+fn prepare_state(
+    state_path: &Path,
+    token: Option<Hash>,
+    entries: &Manifest,
+) -> Result<index::Prepared> {
+    let clock = std::time::Instant::now();
+    let prepared = index::prepare(
         state_path,
         &SyncState {
             protocol: PROTOCOL_VERSION,
             token,
             entries: manifest::to_entries(entries),
         },
-    )
+    )?;
+    log::debug!(
+        "state of {} entries written in {:.0?}",
+        entries.len(),
+        clock.elapsed()
+    );
+    Ok(prepared)
 }
 
 fn list_index<R: Read, W: Write>(
