@@ -25,7 +25,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -206,7 +206,29 @@ struct Rec {
     rec: SinkRecord,
     /// Changed on the sink's side since it was recorded: not a trusted chunk source.
     dirty: bool,
+    /// Its chunk list is kept in a file of its own (`chunks/<digest>`, see [`ASIDE_MIN`]) and
+    /// saved in the index as an empty list; `rec.chunks` stays empty until a batch needs it
+    /// ([`Sink::load_aside`]).
+    aside: bool,
 }
+
+impl Rec {
+    fn new(rec: SinkRecord) -> Rec {
+        // A file with content always has chunks: an empty list means "kept aside".
+        let aside = rec.chunks.is_empty()
+            && matches!(rec.entry.kind, EntryKind::File { size, .. } if size > 0);
+        Rec {
+            rec,
+            dirty: false,
+            aside,
+        }
+    }
+}
+
+/// Chunk lists this long (files of ~16 MiB and more) are kept out of the index, each in a
+/// file named by its digest: a sync that does not change such a file neither reads nor
+/// rewrites its list (a 2 GB checkpoint's is ~1.1 MB).
+const ASIDE_MIN: usize = 256;
 
 /// A [`SinkIndex`] of the records in memory, encoded as one without copying them.
 struct IndexOut<'a> {
@@ -224,7 +246,14 @@ impl bincode::Encode for IndexOut<'_> {
         // A sequence is its length, then its items.
         (self.records.len() as u64).encode(e)?;
         for r in self.records.values() {
-            r.rec.encode(e)?;
+            // A `SinkRecord`'s fields, in order; a list kept aside is saved empty.
+            r.rec.entry.encode(e)?;
+            if r.aside {
+                0u64.encode(e)?;
+            } else {
+                r.rec.chunks.encode(e)?;
+            }
+            r.rec.stat.encode(e)?;
         }
         Ok(())
     }
@@ -232,9 +261,44 @@ impl bincode::Encode for IndexOut<'_> {
 
 #[derive(Clone)]
 struct Loc {
-    path: String,
+    /// Shared by all the chunks of one file.
+    path: Arc<str>,
     offset: u64,
     len: u32,
+}
+
+/// A batch is looked up alone ([`Sink::find_locs`]) when the sink records more than this many
+/// times the chunks it names.
+const FEW_CHUNKS: usize = 16;
+
+/// The chunks an op lists.
+fn op_chunks(op: &Op) -> &[ChunkSpec] {
+    match op {
+        Op::Upsert {
+            chunks: Some(c), ..
+        }
+        | Op::Move {
+            chunks: Some(c), ..
+        } => c,
+        _ => &[],
+    }
+}
+
+/// Locate each chunk of `chunks` (the file at `path`) where no other file holds it yet.
+fn add_locs(locs: &mut HashMap<Hash, Loc>, path: &str, chunks: &[ChunkSpec]) {
+    if chunks.is_empty() {
+        return;
+    }
+    let path: Arc<str> = Arc::from(path);
+    let mut offset = 0;
+    for c in chunks {
+        locs.entry(c.hash).or_insert_with(|| Loc {
+            path: path.clone(),
+            offset,
+            len: c.len,
+        });
+        offset += c.len as u64;
+    }
 }
 
 /// Chunks to request, and where each goes once it arrives.
@@ -313,6 +377,8 @@ pub(crate) struct Sink {
     /// Whether `locs` holds the records' chunks yet: built on first need, so a no-op sync
     /// (most of them) never pays for it.
     locs_ready: bool,
+    /// Whether the chunk lists kept aside were read ([`Sink::load_aside`]).
+    aside_loaded: bool,
     seeds: HashMap<String, Seed>,
     /// Symlinks skipped under [`SinkOptions::contain_symlinks`]: nothing may go under them.
     refused: HashSet<String>,
@@ -400,15 +466,7 @@ impl Sink {
                 Some(top) => paths::within(&r.entry.path, top),
                 None => true,
             })
-            .map(|r| {
-                (
-                    r.entry.path.clone(),
-                    Rec {
-                        rec: r,
-                        dirty: false,
-                    },
-                )
-            })
+            .map(|r| (r.entry.path.clone(), Rec::new(r)))
             .collect();
         Ok(Sink {
             root,
@@ -420,6 +478,7 @@ impl Sink {
             records,
             locs: HashMap::new(),
             locs_ready: false,
+            aside_loaded: false,
             seeds: HashMap::new(),
             refused: HashSet::new(),
             token,
@@ -709,6 +768,10 @@ impl Sink {
         changed
     }
 
+    fn recorded_chunks(&self) -> usize {
+        self.records.values().map(|r| r.rec.chunks.len()).sum()
+    }
+
     /// Fill `locs` with the chunks of the records still trusted (once; later changes keep it
     /// up to date). Chunks found earlier (seeds) stay where the records do not hold them.
     fn ensure_locs(&mut self) {
@@ -716,25 +779,55 @@ impl Sink {
             return;
         }
         self.locs_ready = true;
-        let mut locs: HashMap<Hash, Loc> = HashMap::new();
+        let clock = Instant::now();
+        let chunks = self.recorded_chunks();
+        let mut locs: HashMap<Hash, Loc> = HashMap::with_capacity(chunks + self.locs.len());
         for (path, r) in &self.records {
-            if r.dirty {
-                continue;
-            }
-            let mut off = 0;
-            for c in &r.rec.chunks {
-                locs.entry(c.hash).or_insert_with(|| Loc {
-                    path: path.clone(),
-                    offset: off,
-                    len: c.len,
-                });
-                off += c.len as u64;
+            if !r.dirty {
+                add_locs(&mut locs, path, &r.rec.chunks);
             }
         }
         for (h, l) in std::mem::take(&mut self.locs) {
             locs.entry(h).or_insert(l);
         }
         self.locs = locs;
+        log::debug!(
+            "sink: {} chunk locations in {:.0?}",
+            self.locs.len(),
+            clock.elapsed()
+        );
+    }
+
+    /// The chunks of `wanted` that trusted records hold, found by one pass over their chunk
+    /// lists: for a batch that names few chunks, far cheaper than locating every chunk.
+    fn find_locs(&self, wanted: &HashSet<Hash>) -> HashMap<Hash, Loc> {
+        let clock = Instant::now();
+        let mut found: HashMap<Hash, Loc> = HashMap::new();
+        for (path, r) in self.records.iter().filter(|(_, r)| !r.dirty) {
+            let mut shared: Option<Arc<str>> = None;
+            let mut offset = 0;
+            for c in &r.rec.chunks {
+                if wanted.contains(&c.hash) && !found.contains_key(&c.hash) {
+                    let path = shared.get_or_insert_with(|| Arc::from(path.as_str()));
+                    found.insert(
+                        c.hash,
+                        Loc {
+                            path: path.clone(),
+                            offset,
+                            len: c.len,
+                        },
+                    );
+                }
+                offset += c.len as u64;
+            }
+        }
+        log::debug!(
+            "sink: {} of {} chunks found in {:.0?}",
+            found.len(),
+            wanted.len(),
+            clock.elapsed()
+        );
+        found
     }
 
     /// [`SinkOptions::reuse_existing`]: chunk the files this sink can copy from but has no
@@ -746,6 +839,7 @@ impl Sink {
         if !self.opts.reuse_existing {
             return;
         }
+        self.load_aside();
         self.ensure_locs();
         let mut found: Vec<(String, StatKey)> = Vec::new();
         if self.records.is_empty() {
@@ -788,15 +882,7 @@ impl Sink {
             })
             .collect();
         for (path, seed) in chunked {
-            let mut off = 0;
-            for c in &seed.chunks {
-                self.locs.entry(c.hash).or_insert_with(|| Loc {
-                    path: path.clone(),
-                    offset: off,
-                    len: c.len,
-                });
-                off += c.len as u64;
-            }
+            add_locs(&mut self.locs, &path, &seed.chunks);
             self.bytes_hashed += seed.stat.size;
             self.seeds.insert(path, seed);
         }
@@ -858,7 +944,7 @@ impl Sink {
         let recorded = self.records.get(path).map(|r| &r.rec.chunks);
         let seeded = self.seeds.get(path).map(|s| &s.chunks);
         for c in recorded.into_iter().chain(seeded).flatten() {
-            if self.locs.get(&c.hash).is_some_and(|l| l.path == path) {
+            if self.locs.get(&c.hash).is_some_and(|l| &*l.path == path) {
                 self.locs.remove(&c.hash);
             }
         }
@@ -868,14 +954,8 @@ impl Sink {
         let path = entry.path.clone();
         self.forget_locs(&path);
         self.seeds.remove(&path);
-        let mut off = 0;
-        for c in chunks.iter().filter(|_| self.locs_ready) {
-            self.locs.entry(c.hash).or_insert_with(|| Loc {
-                path: path.clone(),
-                offset: off,
-                len: c.len,
-            });
-            off += c.len as u64;
+        if self.locs_ready {
+            add_locs(&mut self.locs, &path, &chunks);
         }
         self.records.insert(
             path,
@@ -886,6 +966,7 @@ impl Sink {
                     stat,
                 },
                 dirty: false,
+                aside: false,
             },
         );
     }
@@ -1123,9 +1204,23 @@ impl Sink {
         w: &mut FrameWriter<W>,
         progress: &dyn Progress,
     ) -> Result<()> {
-        self.ensure_locs();
+        self.load_aside();
+        // A batch naming few chunks (an edit) has them looked up for it alone: locating every
+        // chunk of a large tree costs more than the rest of such a sync. The lookup is
+        // dropped after the batch; a copy from a file the batch itself changed fails its
+        // `stat` check and is requested instead.
+        let wanted: HashSet<Hash> = ops.iter().flat_map(op_chunks).map(|c| c.hash).collect();
+        let few = wanted.len().saturating_mul(FEW_CHUNKS) < self.recorded_chunks();
+        if self.locs_ready || !few {
+            self.ensure_locs();
+        } else {
+            self.locs = self.find_locs(&wanted);
+        }
         let mut staged: Vec<Staged> = Vec::new();
         let result = self.apply(ops, &mut staged, r, w, progress);
+        if !self.locs_ready {
+            self.locs.clear();
+        }
         if result.as_ref().is_err_and(Error::is_storage_full) {
             // The disk is full: the partial files of this batch would only keep it full (and
             // the user's own jobs there failing); the next sync sends their data again.
@@ -1589,7 +1684,103 @@ impl Sink {
         Ok(())
     }
 
+    /// Where the chunk list of digest `digest` is kept aside.
+    fn aside_path(&self, digest: &Hash) -> PathBuf {
+        self.state_dir.join("chunks").join(hex(digest))
+    }
+
+    /// Read the chunk lists kept aside into their records (before a batch uses them). A list
+    /// that is missing or does not match its record's digest makes the record untrusted: its
+    /// chunks are not copied from, its file is rebuilt when it changes.
+    fn load_aside(&mut self) {
+        if std::mem::replace(&mut self.aside_loaded, true) {
+            return;
+        }
+        let clock = Instant::now();
+        let mut loaded = 0;
+        let mut lists: HashMap<Hash, Vec<ChunkSpec>> = HashMap::new();
+        let wanted: Vec<String> = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.aside && r.rec.chunks.is_empty() && !r.dirty)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in wanted {
+            let EntryKind::File { size, digest, .. } = self.records[&path].rec.entry.kind else {
+                continue;
+            };
+            let list = match lists.get(&digest) {
+                Some(l) => Some(l.clone()),
+                None => index::load::<Vec<ChunkSpec>>(&self.aside_path(&digest)).filter(|l| {
+                    chunker::file_digest(l) == digest
+                        && l.iter().map(|c| c.len as u64).sum::<u64>() == size
+                }),
+            };
+            let r = self.records.get_mut(&path).expect("listed above");
+            match list {
+                Some(l) => {
+                    loaded += 1;
+                    lists.entry(digest).or_insert_with(|| l.clone());
+                    r.rec.chunks = l;
+                }
+                None => {
+                    log::debug!("sink: the chunk list of {path} is lost; not copying from it");
+                    r.dirty = true;
+                }
+            }
+        }
+        if loaded > 0 {
+            log::debug!(
+                "sink: {loaded} chunk lists kept aside loaded in {:.0?}",
+                clock.elapsed()
+            );
+        }
+    }
+
+    /// Write the long chunk lists not kept aside yet into files of their own.
+    fn store_aside(&mut self) -> Result<()> {
+        let mut todo: Vec<(String, Hash)> = Vec::new();
+        for (path, r) in &self.records {
+            if let EntryKind::File { digest, .. } = r.rec.entry.kind {
+                if !r.aside && r.rec.chunks.len() >= ASIDE_MIN {
+                    todo.push((path.clone(), digest));
+                }
+            }
+        }
+        for (path, digest) in todo {
+            let at = self.aside_path(&digest);
+            let r = self.records.get_mut(&path).expect("listed above");
+            if !at.exists() {
+                index::save(&at, &r.rec.chunks)?;
+            }
+            r.aside = true;
+        }
+        Ok(())
+    }
+
+    /// Remove the lists kept aside that no record names any more.
+    fn prune_aside(&self) {
+        let Ok(rd) = fs::read_dir(self.state_dir.join("chunks")) else {
+            return;
+        };
+        let named: HashSet<String> = self
+            .records
+            .values()
+            .filter(|r| r.aside)
+            .filter_map(|r| match r.rec.entry.kind {
+                EntryKind::File { digest, .. } => Some(hex(&digest)),
+                _ => None,
+            })
+            .collect();
+        for de in rd.flatten() {
+            if !de.file_name().to_str().is_some_and(|n| named.contains(n)) {
+                let _ = fs::remove_file(de.path());
+            }
+        }
+    }
+
     fn save(&mut self, token: Option<Hash>) -> Result<()> {
+        self.store_aside()?;
         let ix = IndexOut {
             token,
             records: &self.records,
@@ -1607,9 +1798,17 @@ impl Sink {
     }
 
     fn commit(&mut self) -> Result<Hash> {
+        let clock = Instant::now();
         let token = manifest::token(self.records.iter().map(|(p, r)| (p, &r.rec.entry.kind)));
+        let hashed = clock.elapsed();
         self.save(Some(token))?;
+        log::debug!(
+            "sink: commit: token of {} entries in {hashed:.0?}, index saved in {:.0?}",
+            self.records.len(),
+            clock.elapsed() - hashed
+        );
         self.token = Some(token);
+        self.prune_aside();
         // Leftovers of interrupted runs that this sync did not need.
         if let Ok(rd) = fs::read_dir(&self.staging_dir) {
             for de in rd.flatten() {
@@ -1643,7 +1842,7 @@ fn copy_local(
     progress: &dyn Progress,
 ) -> Result<Copied> {
     copies.sort_by_key(|c| (c.idx, c.off));
-    let mut sources: HashMap<(String, StatKey), Option<File>> = HashMap::new();
+    let mut sources: HashMap<(Arc<str>, StatKey), Option<File>> = HashMap::new();
     let mut out = Copied::default();
     let mut i = 0;
     while i < copies.len() {
@@ -1684,7 +1883,7 @@ fn copy_local(
     out.stale = sources
         .into_iter()
         .filter(|(_, f)| f.is_none())
-        .map(|(k, _)| k)
+        .map(|((path, stat), _)| (path.to_string(), stat))
         .collect();
     Ok(out)
 }
@@ -1971,7 +2170,7 @@ mod tests {
             entry: Entry {
                 path: format!("dir/f{i}"),
                 kind: EntryKind::File {
-                    size: 10 + i as u64,
+                    size: 7 * i as u64,
                     mode: 0o644,
                     mtime_ns: -5,
                     digest: [i; 32],
@@ -1991,19 +2190,43 @@ mod tests {
                 ino: 3,
             },
         };
+        // Record 4's list is kept aside: saved empty, read back as aside.
         let records: BTreeMap<String, Rec> = (0..5)
             .map(|i| {
                 let r = rec(i);
                 let dirty = i % 2 == 0;
-                (r.entry.path.clone(), Rec { rec: r, dirty })
+                let aside = i == 4;
+                (
+                    r.entry.path.clone(),
+                    Rec {
+                        rec: r,
+                        dirty,
+                        aside,
+                    },
+                )
             })
             .collect();
+        let saved = |i: u8| {
+            let mut r = rec(i);
+            if i == 4 {
+                r.chunks.clear();
+            }
+            r
+        };
         for token in [None, Some([9; 32])] {
             let whole = SinkIndex {
                 protocol: PROTOCOL_VERSION,
                 token,
-                records: (0..5).map(rec).collect(),
+                records: (0..5).map(saved).collect(),
             };
+            assert_eq!(
+                whole
+                    .records
+                    .iter()
+                    .map(|r| Rec::new(r.clone()).aside)
+                    .collect::<Vec<_>>(),
+                [false, false, false, false, true]
+            );
             let cfg = bincode::config::standard();
             let out = IndexOut {
                 token,

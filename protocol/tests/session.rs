@@ -373,6 +373,56 @@ fn copies_and_duplicates_travel_once() {
     assert_eq!(r.raw_bytes_sent, 0);
 }
 
+#[test]
+fn an_edit_in_a_large_tree_finds_the_chunks_it_names_alone() {
+    // The sink looks up the few chunks a small batch names instead of locating all it holds.
+    let p = Pair::new();
+    let big = Rng(21).bytes(16 << 20);
+    fs::write(p.src().join("big.bin"), &big).unwrap();
+    p.sync();
+    fs::write(p.src().join("head.bin"), &big[..400_000]).unwrap();
+    let r = p.sync();
+    assert!(r.raw_bytes_sent < 300_000, "{}", r.raw_bytes_sent);
+    // The only file holding them goes in the same sync: what cannot be copied travels.
+    fs::write(p.src().join("head2.bin"), &big[..800_000]).unwrap();
+    fs::remove_file(p.src().join("big.bin")).unwrap();
+    fs::remove_file(p.src().join("head.bin")).unwrap();
+    p.sync();
+}
+
+#[test]
+fn long_chunk_lists_kept_aside_serve_later_syncs() {
+    let p = Pair::new();
+    let aside = p.dst().join(".mtr-sync/chunks");
+    let listed = || fs::read_dir(&aside).map_or(0, |rd| rd.count());
+    let mut big = Rng(22).bytes(32 << 20);
+    fs::write(p.src().join("big.bin"), &big).unwrap();
+    fs::write(p.src().join("small.txt"), "small").unwrap();
+    p.sync();
+    assert_eq!(
+        listed(),
+        1,
+        "the big file's list is kept aside, the small one's is not"
+    );
+    // An edit in the middle reuses the rest, through the list read back from its file; the
+    // old list goes.
+    big[16 << 20..(16 << 20) + 1000].fill(7);
+    fs::write(p.src().join("big.bin"), &big).unwrap();
+    let r = p.sync();
+    assert!(r.raw_bytes_sent < 1 << 20, "{}", r.raw_bytes_sent);
+    assert_eq!(listed(), 1);
+    // A lost list costs data, never correctness.
+    for de in fs::read_dir(&aside).unwrap() {
+        fs::remove_file(de.unwrap().path()).unwrap();
+    }
+    big[..1000].fill(9);
+    fs::write(p.src().join("big.bin"), &big).unwrap();
+    fs::write(p.src().join("copy.bin"), &big[8 << 20..]).unwrap();
+    let r = p.sync();
+    assert!(r.raw_bytes_sent > 16 << 20, "{}", r.raw_bytes_sent);
+    assert_eq!(listed(), 2, "both files' lists are kept aside again");
+}
+
 /// Inode numbers of the regular files under `root`, by relative path.
 fn inodes(root: &Path) -> BTreeMap<String, u64> {
     use std::os::unix::fs::MetadataExt;
