@@ -46,7 +46,10 @@ fn debug_output_shows_the_agents_timeline() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     // The agent's own debug lines, each once, as mtr's, with the agent's clock.
-    for phase in ["sink: index of 1 entries loaded in", "sink: 1 entries checked in"] {
+    for phase in [
+        "sink: index of 1 entries loaded in",
+        "sink: 1 entries checked in",
+    ] {
         let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(phase)).collect();
         assert_eq!(lines.len(), 1, "{phase}:\n{stderr}");
         assert!(lines[0].contains("mtr: debug: ["), "{}", lines[0]);

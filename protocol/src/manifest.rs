@@ -130,6 +130,21 @@ pub fn diff(
 /// content at the same relative path; what is under a moved directory moves with it. A file
 /// with new content moves from a deleted file of the same content (one of the same name
 /// first). Paths in `force` (changed on the sink's side) never serve.
+/// Whether a directory above `path` is in `dirs`.
+pub fn under_any<S: std::borrow::Borrow<str> + Eq + std::hash::Hash>(
+    dirs: &HashSet<S>,
+    path: &str,
+) -> bool {
+    let mut at = path;
+    while let Some(i) = at.rfind('/') {
+        at = &at[..i];
+        if dirs.contains(at) {
+            return true;
+        }
+    }
+    false
+}
+
 pub fn moves(
     base: &Manifest,
     current: &Manifest,
@@ -155,20 +170,10 @@ pub fn moves(
     // Deleted paths taken, with everything under a directory that moves.
     let mut used: HashSet<&str> = HashSet::new();
     let mut moved: HashSet<&str> = HashSet::new();
-    let under_moved = |moved: &HashSet<&str>, p: &str| {
-        let mut at = p;
-        while let Some(i) = at.rfind('/') {
-            at = &at[..i];
-            if moved.contains(at) {
-                return true;
-            }
-        }
-        false
-    };
     for (p, _) in &d.upserts {
         if base.contains_key(p)
             || !matches!(current.get(p), Some(EntryKind::Dir))
-            || under_moved(&moved, p)
+            || under_any(&moved, p)
         {
             continue;
         }
@@ -207,7 +212,7 @@ pub fn moves(
         let Some(EntryKind::File { digest, .. }) = current.get(p) else {
             continue;
         };
-        if !content || under_moved(&moved, p) {
+        if !content || under_any(&moved, p) {
             continue;
         }
         let Some(cands) = by_digest.get(digest) else {

@@ -131,6 +131,8 @@ const BATCH_OPS: usize = 2048;
 const BATCH_FILES: usize = 256;
 /// Content bytes per batch.
 const BATCH_BYTES: u64 = 256 << 20;
+/// At most this many files under moved directories in a batch (they count as no files).
+const IMPLIED_FILES: usize = 4 * BATCH_FILES;
 /// Chunks read and compressed in parallel at a time.
 const WINDOW: usize = 64;
 /// `Need` rounds answered per batch. An honest sink asks at most twice: once for the chunks
@@ -340,6 +342,13 @@ pub(crate) fn push<R: Read, W: Write>(
     let moves = manifest::moves(&base, &tree.entries, &d, &force);
     // Batches are made as they are sent: a first sync of 100k files holds one batch of ops
     // (and their chunk lists) at a time, not all of them.
+    // Files under a directory the sink moves need no data: they do not count toward a
+    // batch's files and bytes (a renamed tree of 3,000 files goes in 3 batches, not 12).
+    let moved_dirs: HashSet<&str> = moves
+        .keys()
+        .filter(|p| matches!(tree.entries.get(*p), Some(EntryKind::Dir)))
+        .map(String::as_str)
+        .collect();
     let mut upserts = d.upserts.iter();
     let mut tail = d
         .deletes
@@ -348,12 +357,17 @@ pub(crate) fn push<R: Read, W: Write>(
         .chain(d.forgets.iter().map(|p| Op::Forget { path: p.clone() }));
     let mut next_batch = || -> Option<Vec<Op>> {
         let (mut ops, mut files, mut bytes) = (Vec::new(), 0usize, 0u64);
+        let mut implied = 0usize;
         for (path, content) in upserts.by_ref() {
             let kind = tree.entries[path].clone();
             let chunks = match (&kind, content) {
                 (EntryKind::File { size, .. }, true) => {
-                    files += 1;
-                    bytes += size;
+                    if manifest::under_any(&moved_dirs, path) {
+                        implied += 1;
+                    } else {
+                        files += 1;
+                        bytes += size;
+                    }
                     Some(file_chunks(tree, path).to_vec())
                 }
                 _ => None,
@@ -370,7 +384,13 @@ pub(crate) fn push<R: Read, W: Write>(
                 },
                 None => Op::Upsert { entry, chunks },
             });
-            if ops.len() >= BATCH_OPS || files >= BATCH_FILES || bytes >= BATCH_BYTES {
+            // A move the sink cannot make builds those files after all: a bound on them too
+            // (each holds two descriptors during the batch).
+            if ops.len() >= BATCH_OPS
+                || files >= BATCH_FILES
+                || implied >= IMPLIED_FILES
+                || bytes >= BATCH_BYTES
+            {
                 return Some(ops);
             }
         }

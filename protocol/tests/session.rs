@@ -541,6 +541,50 @@ fn a_directory_holding_remote_files_is_not_moved_and_they_stay() {
 }
 
 #[test]
+fn a_large_directory_that_cannot_move_is_rebuilt_within_a_common_open_files_limit() {
+    let p = Pair::new();
+    let s = p.src();
+    let mut rng = Rng(23);
+    for i in 0..1500 {
+        fs::create_dir_all(s.join(format!("data/{}", i % 10))).unwrap();
+        fs::write(s.join(format!("data/{}/f{i}.bin", i % 10)), rng.bytes(3000)).unwrap();
+    }
+    age_files(s);
+    p.sync();
+    // A file the sink did not write keeps `data/` where it is: the renamed tree's files are
+    // built from copies, many to a batch (they were expected to move).
+    fs::write(p.dst().join("data/remote.log"), "written by a job").unwrap();
+    fs::rename(s.join("data"), s.join("data2")).unwrap();
+    // The sink raises the soft limit on open files for its batches; start from a common
+    // default (this process's other tests need few).
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_max >= 4096 {
+            lim.rlim_cur = 1024;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+    }
+    let r = p.try_sync(false).unwrap();
+    assert_eq!(r.raw_bytes_sent, 0);
+    assert_eq!(
+        fs::read(p.dst().join("data/remote.log")).unwrap(),
+        b"written by a job"
+    );
+    let mut under_data = walk_files(&p.dst().join("data"));
+    under_data.retain(|f| !f.ends_with("remote.log"));
+    assert!(under_data.is_empty(), "{under_data:?}");
+    for f in walk_files(&s.join("data2")) {
+        let rel = f.strip_prefix(s).unwrap();
+        assert_eq!(fs::read(p.dst().join(rel)).unwrap(), fs::read(&f).unwrap());
+    }
+}
+
+#[test]
 fn a_moved_file_changed_on_the_sink_is_sent_again() {
     let p = Pair::new();
     let s = p.src();
