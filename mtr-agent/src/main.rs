@@ -11,8 +11,9 @@ mod log;
 mod run;
 
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::FromRawFd;
+use std::io::{BufRead, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -52,11 +53,66 @@ fn serve() -> i32 {
     if stdout.write_all(protocol::wire::MAGIC).is_err() {
         return 1;
     }
-    match protocol::sink::serve(stdin, stdout, VERSION) {
+    let remover = spawn_remover();
+    match protocol::sink::serve_with_remover(stdin, stdout, VERSION, remover) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("mtr-agent: {e}");
             1
+        }
+    }
+}
+
+/// Starts the process that removes replaced files for the sink (before any thread, so the
+/// fork is safe): it reads NUL-terminated paths from a pipe and removes each, in a session of
+/// its own with none of the channel's descriptors, so sshd sees the agent's session end
+/// while it frees a large file's pages. It ends when the pipe does (the agent exited), after
+/// the last path. `None` (the sink removes them itself) if it cannot be started.
+fn spawn_remover() -> Option<File> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills `fds` on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return None;
+    }
+    // SAFETY: the agent has no other thread yet; the child only reads, removes and exits.
+    match unsafe { libc::fork() } {
+        -1 => {
+            // SAFETY: both ends are ours and unused.
+            unsafe {
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+            }
+            None
+        }
+        0 => {
+            // SAFETY: the child owns the read end; the write end and stdio are closed or
+            // pointed at /dev/null so the channel's descriptors are not held.
+            unsafe {
+                libc::close(fds[1]);
+                libc::setsid();
+                if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+                    for fd in 0..3 {
+                        libc::dup2(null.as_raw_fd(), fd);
+                    }
+                }
+            }
+            // SAFETY: fds[0] is the read end, owned here.
+            let mut input = std::io::BufReader::new(unsafe { File::from_raw_fd(fds[0]) });
+            let mut path = Vec::new();
+            while matches!(input.read_until(0, &mut path), Ok(n) if n > 0) {
+                if path.pop() == Some(0) {
+                    let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(&path));
+                }
+                path.clear();
+            }
+            // SAFETY: leave without running the parent's exit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        _ => {
+            // SAFETY: the read end is the child's.
+            unsafe { libc::close(fds[0]) };
+            // SAFETY: fds[1] is the write end, owned here.
+            Some(unsafe { File::from_raw_fd(fds[1]) })
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use testkit::gen;
 use testkit::sshd::Server;
-use util::{names_if_any, Project};
+use util::{names_if_any, names_once_emptied, Project};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -217,7 +217,7 @@ fn a_full_remote_disk_fails_cleanly_and_the_next_sync_recovers() {
         "the cause, once: {line}"
     );
     // The agent builds files in its staging directory: nothing may stay there.
-    let staging = names_if_any(&p.remote().join(".mtr-sync/staging"));
+    let staging = names_once_emptied(&p.remote().join(".mtr-sync/staging"));
     assert!(staging.is_empty(), "staging not cleaned: {staging:?}");
     recovers(&p);
 }

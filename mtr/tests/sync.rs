@@ -61,6 +61,38 @@ fn debug_output_shows_the_agents_timeline() {
 }
 
 #[test]
+fn replaced_files_are_removed_after_the_session_by_the_agents_helper() {
+    let p = Project::new();
+    let random = |seed| {
+        let mut buf = vec![0u8; 8 << 20];
+        testkit::gen::Rng::new(seed).fill(&mut buf);
+        buf
+    };
+    p.write("data/big.bin", random(5));
+    p.sync();
+    p.write("data/big.bin", random(6));
+    p.sync();
+    p.assert_synced();
+    let staging = p.remote().join(".mtr-sync/staging");
+    let left = util::names_once_emptied(&staging);
+    assert!(
+        left.is_empty(),
+        "old versions left in {}: {left:?}",
+        staging.display()
+    );
+    // The helper ends with the agent: no process of the remote user stays behind.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !p.server.user_processes().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left running: {:?}",
+            p.server.user_processes()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn edits_deletes_and_renames_reach_the_remote() {
     let p = Project::new();
     testkit::gen::source_tree(p.root(), 100, 1_000_000, 2);

@@ -315,6 +315,7 @@ pub fn receive<R: Read, W: Write>(
         staging_dir: staging.clone(),
         options: SinkOptions::download(&name),
         dry_run: cfg.dry_run,
+        remover: None,
     })?;
     sink.greet(w, version)?;
     let result = drive(&mut sink, r, w, cfg.dry_run, progress);

@@ -99,14 +99,30 @@ pub(crate) struct SinkConfig {
     /// Answer the handshake and listings, take a [`ToSink::Plan`]; change nothing (no lock,
     /// no directories created).
     pub dry_run: bool,
+    /// Where to send the paths of replaced files to remove (see [`serve_with_remover`]);
+    /// `None`: a thread of the sink's own removes them, and the sink waits for it.
+    pub remover: Option<File>,
 }
 
 /// Serve one session on `input`/`output` as the sink. `version` is this program's version;
 /// a peer of another version is told ours and the session ends.
 pub fn serve<R: Read, W: Write>(input: R, output: W, version: &str) -> Result<()> {
+    serve_with_remover(input, output, version, None)
+}
+
+/// [`serve`], handing the old versions of replaced files to `remover` (the write end of a
+/// pipe; each path ends with a NUL) instead of removing them itself: the agent's helper
+/// process, so the session ends without waiting while a large file's pages are freed
+/// (~0.6 s for a 2 GB checkpoint).
+pub fn serve_with_remover<R: Read, W: Write>(
+    input: R,
+    output: W,
+    version: &str,
+    remover: Option<File>,
+) -> Result<()> {
     let mut r = FrameReader::new(input);
     let mut w = FrameWriter::new(output);
-    let result = session(&mut r, &mut w, version);
+    let result = session(&mut r, &mut w, version, remover);
     if let Err(e) = &result {
         // Best effort: the peer may be gone.
         let _ = w.msg(&FromSink::Error {
@@ -121,6 +137,7 @@ fn session<R: Read, W: Write>(
     r: &mut FrameReader<R>,
     w: &mut FrameWriter<W>,
     version: &str,
+    remover: Option<File>,
 ) -> Result<()> {
     let (root, peer_protocol, peer_version) = match r.msg::<ToSink>()? {
         ToSink::Hello {
@@ -147,7 +164,10 @@ fn session<R: Read, W: Write>(
         w.flush()?;
         return Ok(());
     }
-    let mut sink = Sink::open(serve_config(&root)?)?;
+    let mut sink = Sink::open(SinkConfig {
+        remover,
+        ..serve_config(&root)?
+    })?;
     sink.greet(w, version)?;
     sink.run(r, w, &scan::NoProgress).map(drop)
 }
@@ -175,6 +195,7 @@ fn serve_config(root: &str) -> Result<SinkConfig> {
         state_dir: state,
         options: SinkOptions::default(),
         dry_run: false,
+        remover: None,
     })
 }
 
@@ -519,7 +540,12 @@ impl Sink {
             plan: Vec::new(),
             warnings: Vec::new(),
             last_save: Instant::now(),
-            trash: Trash::default(),
+            trash: Trash {
+                queue: None,
+                worker: None,
+                paths: HashSet::new(),
+                remover: cfg.remover,
+            },
             _lock: lock,
         })
     }
@@ -1943,11 +1969,23 @@ struct Trash {
     queue: Option<std::sync::mpsc::Sender<PathBuf>>,
     worker: Option<std::thread::JoinHandle<()>>,
     paths: HashSet<PathBuf>,
+    /// A process that removes them instead (see [`serve_with_remover`]).
+    remover: Option<File>,
 }
 
 impl Trash {
     fn discard(&mut self, path: PathBuf) {
         self.paths.insert(path.clone());
+        if let Some(remover) = &mut self.remover {
+            use std::os::unix::ffi::OsStrExt;
+            let mut line = path.as_os_str().as_bytes().to_vec();
+            line.push(0);
+            if remover.write_all(&line).is_ok() {
+                return;
+            }
+            log::debug!("the remover is gone; removing replaced files here");
+            self.remover = None;
+        }
         if self.queue.is_none() {
             let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
             self.worker = Some(std::thread::spawn(move || {

@@ -133,6 +133,19 @@ pub fn names_if_any(dir: &Path) -> Vec<String> {
     }
 }
 
+/// The names in `dir` once it is empty, or after 10 s: the agent's helper removes the old
+/// versions of replaced files after the session, without anyone waiting.
+pub fn names_once_emptied(dir: &Path) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = names_if_any(dir);
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The bytes a sync exchanged after the handshake, from its `-v` summary ("... X on the wire
 /// ..."). The summary rounds to one decimal of its unit (±50 KB in MB, ±50 MB in GB).
 pub fn wire_bytes(stderr: &str) -> u64 {
