@@ -1400,10 +1400,26 @@ impl Sink {
         }
         // Local copies run on a thread of their own while the missing chunks arrive.
         let root = self.root.clone();
+        let clock = Instant::now();
         let (copied, received) = std::thread::scope(|scope| {
             let staged = &*staged;
-            let copier = scope.spawn(move || copy_local(&root, staged, copies, progress));
+            let copier = scope.spawn(move || {
+                let copied = copy_local(&root, staged, copies, progress);
+                if let Ok(c) = &copied {
+                    log::debug!(
+                        "sink: {} bytes copied locally in {:.0?}",
+                        c.bytes,
+                        clock.elapsed()
+                    );
+                }
+                copied
+            });
             let received = self.receive(staged, &mut need.waiting, r, progress);
+            log::debug!(
+                "sink: {} chunks received in {:.0?}",
+                need.order.len(),
+                clock.elapsed()
+            );
             let copied = copier
                 .join()
                 .unwrap_or_else(|_| Err(Error::Protocol("the copy thread panicked".into())));
@@ -1430,10 +1446,13 @@ impl Sink {
             self.receive(staged, &mut again.waiting, r, progress)?;
         }
         // In order; what is not placed yet stays in `staged`.
+        let clock = Instant::now();
+        let placed = staged.len();
         staged.reverse();
         while let Some(s) = staged.pop() {
             self.place(s)?;
         }
+        log::debug!("sink: {placed} files placed in {:.0?}", clock.elapsed());
         Ok(())
     }
 
