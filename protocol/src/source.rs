@@ -340,8 +340,6 @@ pub(crate) fn push<R: Read, W: Write>(
 
     // Renamed paths are moved on the sink's side rather than rebuilt.
     let moves = manifest::moves(&base, &tree.entries, &d, &force);
-    // Batches are made as they are sent: a first sync of 100k files holds one batch of ops
-    // (and their chunk lists) at a time, not all of them.
     // Files under a directory the sink moves need no data: they do not count toward a
     // batch's files and bytes (a renamed tree of 3,000 files goes in 3 batches, not 12).
     let moved_dirs: HashSet<&str> = moves
@@ -349,6 +347,8 @@ pub(crate) fn push<R: Read, W: Write>(
         .filter(|p| matches!(tree.entries.get(*p), Some(EntryKind::Dir)))
         .map(String::as_str)
         .collect();
+    // Batches are made as they are sent: a first sync of 100k files holds one batch of ops
+    // (and their chunk lists) at a time, not all of them.
     let mut upserts = d.upserts.iter();
     let mut tail = d
         .deletes
