@@ -80,12 +80,10 @@ pub fn prepare<T: bincode::Encode>(path: &Path, value: &T) -> Result<Prepared> {
         .parent()
         .ok_or_else(|| Error::Conflict(format!("{} has no parent directory", path.display())))?;
     std::fs::create_dir_all(dir).ctx("create directory", dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    remove_stale_temps(dir, name);
     let prepared = Prepared {
-        tmp: dir.join(format!(
-            ".{}.tmp{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-            std::process::id()
-        )),
+        tmp: dir.join(format!(".{name}.tmp{}", std::process::id())),
         path: path.to_path_buf(),
         committed: false,
     };
@@ -104,6 +102,33 @@ pub fn prepare<T: bincode::Encode>(path: &Path, value: &T) -> Result<Prepared> {
         .map_err(|e| Error::io("write", tmp, e.into_error()))?;
     z.finish().ctx("write", tmp)?;
     Ok(prepared)
+}
+
+/// Remove the temp files of `name` that processes no longer running left in `dir` (a process
+/// that exits while writing one, such as mtr leaving after a failed connect while its early
+/// scan saves the index, never gets to remove it).
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.tmp");
+    for de in rd.flatten() {
+        let file = de.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        let gone = pid > 0
+            && unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_file(de.path());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -133,5 +158,36 @@ mod tests {
         std::fs::write(&p, b"garbage").unwrap();
         assert!(load::<SyncState>(&p).is_none());
         assert!(load::<SyncState>(&d.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn temp_files_of_exited_processes_are_removed_at_the_next_save() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state");
+        // A child that has exited (and been reaped) has no process any more.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = d.path().join(format!(".state.tmp{dead}"));
+        let ours = d.path().join(format!(".state.tmp{}", std::process::id()));
+        // Process 1 always runs: its temp file may be being written.
+        let running = d.path().join(".state.tmp1");
+        let other = d.path().join(format!(".other.tmp{dead}"));
+        for f in [&stale, &running, &other] {
+            std::fs::write(f, b"half").unwrap();
+        }
+        let prepared = prepare(&p, &7u32).unwrap();
+        assert!(!stale.exists(), "a dead process's temp file stays");
+        assert!(ours.exists(), "our own temp file is the one being written");
+        assert!(
+            running.exists(),
+            "a running process's temp file was removed"
+        );
+        assert!(
+            other.exists(),
+            "another file's temp files are not this save's to judge"
+        );
+        prepared.commit().unwrap();
+        assert_eq!(load::<u32>(&p), Some(7));
     }
 }
