@@ -250,6 +250,11 @@ impl Rec {
     }
 }
 
+/// Where the record of `path` is in `records`, which are in path order.
+fn position(records: &[Rec], path: &str) -> Option<usize> {
+    records.binary_search_by(|r| r.path().cmp(path)).ok()
+}
+
 /// Chunk lists this long (files of ~16 MiB and more) are kept out of the index, each in a
 /// file named by its digest: a sync that does not change such a file neither reads nor
 /// rewrites its list (a 2 GB checkpoint's is ~1.1 MB).
@@ -330,17 +335,28 @@ fn op_chunks(op: &Op) -> &[ChunkSpec] {
 
 /// Locate each chunk of `chunks` (the file at `path`) where no other file holds it yet.
 fn add_locs(locs: &mut HashMap<Hash, Loc>, path: &str, chunks: &[ChunkSpec]) {
-    if chunks.is_empty() {
-        return;
-    }
-    let path: Arc<str> = Arc::from(path);
+    add_locs_of(locs, path, chunks, |_| true);
+}
+
+/// [`add_locs`] for the chunks `wanted` says are.
+fn add_locs_of(
+    locs: &mut HashMap<Hash, Loc>,
+    path: &str,
+    chunks: &[ChunkSpec],
+    wanted: impl Fn(&Hash) -> bool,
+) {
+    let mut shared: Option<Arc<str>> = None;
     let mut offset = 0;
     for c in chunks {
-        locs.entry(c.hash).or_insert_with(|| Loc {
-            path: path.clone(),
-            offset,
-            len: c.len,
-        });
+        if wanted(&c.hash) {
+            if let std::collections::hash_map::Entry::Vacant(v) = locs.entry(c.hash) {
+                v.insert(Loc {
+                    path: shared.get_or_insert_with(|| Arc::from(path)).clone(),
+                    offset,
+                    len: c.len,
+                });
+            }
+        }
         offset += c.len as u64;
     }
 }
@@ -547,12 +563,7 @@ impl Sink {
             plan: Vec::new(),
             warnings: Vec::new(),
             last_save: Instant::now(),
-            trash: Trash {
-                queue: None,
-                worker: None,
-                paths: HashSet::new(),
-                remover: cfg.remover,
-            },
+            trash: Trash::removing_with(cfg.remover),
             _lock: lock,
         })
     }
@@ -757,12 +768,7 @@ impl Sink {
         let root = self.root.clone();
         let is_dir = |r: &Rec| matches!(r.rec.entry.kind, EntryKind::Dir);
         let loaded = &self.loaded;
-        let find = |p: &str| {
-            loaded
-                .binary_search_by(|r| r.path().cmp(p))
-                .ok()
-                .map(|i| &loaded[i])
-        };
+        let find = |p: &str| position(loaded, p).map(|i| &loaded[i]);
         let mut by_depth: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
         for r in loaded {
             let p = r.path();
@@ -835,7 +841,7 @@ impl Sink {
         );
         drop(valid);
         for p in &changed {
-            if let Ok(i) = self.loaded.binary_search_by(|r| r.path().cmp(p)) {
+            if let Some(i) = position(&self.loaded, p) {
                 self.loaded[i].dirty = true;
             }
         }
@@ -906,22 +912,7 @@ impl Sink {
         let clock = Instant::now();
         let mut found: HashMap<Hash, Loc> = HashMap::new();
         for (path, r) in self.records.iter().filter(|(_, r)| !r.dirty) {
-            let mut shared: Option<Arc<str>> = None;
-            let mut offset = 0;
-            for c in &r.rec.chunks {
-                if wanted.contains(&c.hash) && !found.contains_key(&c.hash) {
-                    let path = shared.get_or_insert_with(|| Arc::from(path.as_str()));
-                    found.insert(
-                        c.hash,
-                        Loc {
-                            path: path.clone(),
-                            offset,
-                            len: c.len,
-                        },
-                    );
-                }
-                offset += c.len as u64;
-            }
+            add_locs_of(&mut found, path, &r.rec.chunks, |h| wanted.contains(h));
         }
         log::debug!(
             "sink: {} of {} chunks found in {:.0?}",
@@ -1312,17 +1303,18 @@ impl Sink {
         // chunk of a large tree costs more than the rest of such a sync. The lookup is
         // dropped after the batch; a copy from a file the batch itself changed fails its
         // `stat` check and is requested instead.
-        let wanted: HashSet<Hash> = ops
-            .iter()
-            .filter(|op| !self.holds(op))
-            .flat_map(op_chunks)
-            .map(|c| c.hash)
-            .collect();
-        let few = wanted.len().saturating_mul(FEW_CHUNKS) < self.recorded_chunks();
-        if self.locs_ready || !few {
-            self.ensure_locs();
-        } else {
-            self.locs = self.find_locs(&wanted);
+        if !self.locs_ready {
+            let wanted: HashSet<Hash> = ops
+                .iter()
+                .filter(|op| !self.holds(op))
+                .flat_map(op_chunks)
+                .map(|c| c.hash)
+                .collect();
+            if wanted.len().saturating_mul(FEW_CHUNKS) < self.recorded_chunks() {
+                self.locs = self.find_locs(&wanted);
+            } else {
+                self.ensure_locs();
+            }
         }
         let mut staged: Vec<Staged> = Vec::new();
         let result = self.apply(ops, &mut staged, r, w, progress);
@@ -2029,6 +2021,12 @@ struct Trash {
 }
 
 impl Trash {
+    fn removing_with(remover: Option<File>) -> Trash {
+        let mut trash = Trash::default();
+        trash.remover = remover;
+        trash
+    }
+
     fn discard(&mut self, path: PathBuf) {
         self.paths.insert(path.clone());
         if let Some(remover) = &mut self.remover {
