@@ -7,10 +7,10 @@ mod util;
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use testkit::sshd::Server;
-use util::Project;
+use util::{wait_for, Project};
 
 /// A project whose remote directory exists, for runs with `--no-sync`.
 fn project() -> Project {
@@ -63,14 +63,6 @@ fn remote(p: &Project, marker: &str) -> Vec<(u32, String)> {
         .into_iter()
         .filter(|(_, cmd)| cmd.contains(marker))
         .collect()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(Duration::from_millis(50));
-    }
 }
 
 fn signal(child: &Child, sig: i32) {

@@ -81,15 +81,10 @@ fn replaced_files_are_removed_after_the_session_by_the_agents_helper() {
         staging.display()
     );
     // The helper ends with the agent: no process of the remote user stays behind.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !p.server.user_processes().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "left running: {:?}",
-            p.server.user_processes()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let ended = util::eventually(std::time::Duration::from_secs(10), || {
+        p.server.user_processes().is_empty()
+    });
+    assert!(ended, "left running: {:?}", p.server.user_processes());
 }
 
 #[test]

@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use testkit::sshd::{LocalHome, Server};
@@ -136,14 +137,25 @@ pub fn names_if_any(dir: &Path) -> Vec<String> {
 /// The names in `dir` once it is empty, or after 10 s: the agent's helper removes the old
 /// versions of replaced files after the session, without anyone waiting.
 pub fn names_once_emptied(dir: &Path) -> Vec<String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let left = names_if_any(dir);
-        if left.is_empty() || std::time::Instant::now() > deadline {
-            return left;
+    eventually(Duration::from_secs(10), || names_if_any(dir).is_empty());
+    names_if_any(dir)
+}
+
+/// Whether `done` held within `timeout` (asked every 20 ms).
+pub fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
     }
+    true
+}
+
+/// Waits until `done` holds; fails the test after `timeout`, naming `what`.
+pub fn wait_for(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    assert!(eventually(timeout, done), "timed out waiting for {what}");
 }
 
 /// The bytes a sync exchanged after the handshake, from its `-v` summary ("... X on the wire
