@@ -47,6 +47,11 @@ use crate::wire::{
 const INDEX_BATCH: usize = 4096;
 /// How often the index is saved during a long sync, so an interruption loses little.
 const SAVE_EVERY: Duration = Duration::from_secs(5);
+/// Files of this many bytes placed since the last save have the index saved before the next
+/// batch, however soon: were the agent killed, their data would travel again (1 GiB: ~9 s on
+/// a 1 Gbit link, against ~0.15 s to save a 100k-file index). On a slower link
+/// [`SAVE_EVERY`] comes first.
+const SAVE_BYTES: u64 = 1 << 30;
 /// How long to wait for another sync of the same root to finish.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 /// The source's warnings shown at most (the rest are counted).
@@ -461,6 +466,10 @@ pub(crate) struct Sink {
     /// Things skipped or kept, for the user.
     warnings: Vec<String>,
     last_save: Instant,
+    /// Bytes of the files placed since the last save.
+    placed_unsaved: u64,
+    /// [`SAVE_BYTES`] (smaller in tests).
+    save_bytes: u64,
     /// Old versions of replaced files, removed in the background.
     trash: Trash,
     _lock: Option<File>,
@@ -563,6 +572,8 @@ impl Sink {
             plan: Vec::new(),
             warnings: Vec::new(),
             last_save: Instant::now(),
+            placed_unsaved: 0,
+            save_bytes: SAVE_BYTES,
             trash: Trash::removing_with(cfg.remover),
             _lock: lock,
         })
@@ -610,8 +621,31 @@ impl Sink {
         std::mem::take(&mut self.warnings)
     }
 
-    /// Serve the source's requests until `Bye` or the end of the stream.
+    /// Serve the source's requests until `Bye` or the end of the stream. A session that ends
+    /// with changes applied and not committed (the source vanished, a batch failed) leaves
+    /// the index recording what was placed, so the next sync does not send it again.
     pub(crate) fn run<R: Read, W: Write>(
+        &mut self,
+        r: &mut FrameReader<R>,
+        w: &mut FrameWriter<W>,
+        progress: &dyn Progress,
+    ) -> Result<End> {
+        let end = self.serve_requests(r, w, progress);
+        if self.uncommitted && !self.dry_run {
+            let clock = Instant::now();
+            match self.save(None) {
+                Ok(()) => log::debug!(
+                    "sink: session ended uncommitted; index of {} entries saved in {:.0?}",
+                    self.records.len(),
+                    clock.elapsed()
+                ),
+                Err(e) => log::debug!("sink: session ended uncommitted; index not saved: {e}"),
+            }
+        }
+        end
+    }
+
+    fn serve_requests<R: Read, W: Write>(
         &mut self,
         r: &mut FrameReader<R>,
         w: &mut FrameWriter<W>,
@@ -641,12 +675,12 @@ impl Sink {
                     w.flush()?;
                 }
                 ToSink::Ops { ops } if !self.dry_run => {
+                    self.maybe_save()?;
                     self.token = None;
                     self.uncommitted = true;
                     self.batch(ops, r, w, progress)?;
                     w.msg(&FromSink::BatchDone)?;
                     w.flush()?;
-                    self.maybe_save()?;
                 }
                 ToSink::Commit if !self.dry_run => {
                     let token = self.commit()?;
@@ -1793,6 +1827,7 @@ impl Sink {
         let stat = stat_of(&fs::symlink_metadata(&abs).ctx("stat", &abs)?);
         self.stats.files_written += 1;
         self.stats.bytes_written += size;
+        self.placed_unsaved += size;
         self.record(
             Entry {
                 path: s.path,
@@ -1907,11 +1942,16 @@ impl Sink {
         };
         index::save(&self.state_dir.join("index"), &ix)?;
         self.last_save = Instant::now();
+        self.placed_unsaved = 0;
         Ok(())
     }
 
+    /// Before a batch, save what the earlier ones did if it is worth it ([`SAVE_EVERY`],
+    /// [`SAVE_BYTES`]); before rather than after a batch, so one followed by `Commit` saves
+    /// once.
     fn maybe_save(&mut self) -> Result<()> {
-        if self.last_save.elapsed() >= SAVE_EVERY {
+        let due = self.last_save.elapsed() >= SAVE_EVERY || self.placed_unsaved >= self.save_bytes;
+        if self.uncommitted && due {
             self.save(None)?;
         }
         Ok(())
@@ -2300,6 +2340,77 @@ fn hex(b: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::wire::{ChunkSpec, Entry, EntryKind, SinkRecord, StatKey};
+
+    /// A batch that placed enough bytes has the index saved before the next batch: a killed
+    /// agent (no chance to save) loses at most the batch it was in.
+    #[test]
+    fn files_placed_are_saved_before_the_next_batch() {
+        use crate::chunker::{self, Chunker};
+        use crate::compress::Codec;
+        use std::os::unix::net::UnixStream;
+
+        let root = tempfile::tempdir().unwrap();
+        let mut sink = Sink::open(serve_config(root.path().to_str().unwrap()).unwrap()).unwrap();
+        sink.save_bytes = 1000;
+        let (a, b) = UnixStream::pair().unwrap();
+        let served = std::thread::spawn(move || {
+            let mut r = FrameReader::new(b.try_clone().unwrap());
+            let mut w = FrameWriter::new(b);
+            sink.run(&mut r, &mut w, &scan::NoProgress)
+        });
+        let mut r = FrameReader::new(a.try_clone().unwrap());
+        let mut w = FrameWriter::new(a);
+        let upsert = |path: &str, data: &[u8]| {
+            let chunks = chunker::specs(&Chunker::default().chunk(data));
+            let kind = EntryKind::File {
+                size: data.len() as u64,
+                mode: 0o644,
+                mtime_ns: 0,
+                digest: chunker::file_digest(&chunks),
+            };
+            let entry = Entry {
+                path: path.into(),
+                kind,
+            };
+            (
+                Op::Upsert {
+                    entry,
+                    chunks: Some(chunks.clone()),
+                },
+                chunks,
+            )
+        };
+        let recorded = || -> Vec<String> {
+            let ix: SinkIndex =
+                index::load(&root.path().join(".mtr-sync/index")).unwrap_or_default();
+            ix.records.into_iter().map(|r| r.entry.path).collect()
+        };
+        let (first, chunks) = upsert("a.bin", &[7u8; 4000]);
+        w.msg(&ToSink::Ops { ops: vec![first] }).unwrap();
+        w.flush().unwrap();
+        let FromSink::Need { hashes } = r.msg::<FromSink>().unwrap() else {
+            panic!("expected Need")
+        };
+        for c in chunks.iter().filter(|c| hashes.contains(&c.hash)) {
+            w.data(&c.hash, Codec::Raw, c.len, &vec![7u8; c.len as usize])
+                .unwrap();
+        }
+        w.msg(&ToSink::DataEnd).unwrap();
+        w.flush().unwrap();
+        assert!(matches!(r.msg::<FromSink>().unwrap(), FromSink::BatchDone));
+        assert!(recorded().is_empty(), "saved before it was due");
+        let (second, _) = upsert("b.bin", b"");
+        w.msg(&ToSink::Ops { ops: vec![second] }).unwrap();
+        w.flush().unwrap();
+        // The sink answers the second batch after saving the first.
+        assert!(matches!(
+            r.msg::<FromSink>().unwrap(),
+            FromSink::Need { .. }
+        ));
+        assert_eq!(recorded(), ["a.bin"]);
+        drop((r, w));
+        let _ = served.join().unwrap();
+    }
 
     /// The index is saved from the records in place: its bytes must be a `SinkIndex`'s.
     #[test]

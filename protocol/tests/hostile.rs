@@ -332,6 +332,77 @@ fn run_batch(p: &mut Peer, ops: Vec<Op>, data: &[u8], chunks: &[ChunkSpec]) -> V
 }
 
 #[test]
+fn files_placed_before_the_source_vanished_are_recorded_and_not_sent_again() {
+    let root = tempfile::tempdir().unwrap();
+    let data = noise(4 << 20, 41);
+    let (e, c) = file_entry("ckpt.bin", &data);
+    let upsert = || Op::Upsert {
+        entry: e.clone(),
+        chunks: Some(c.clone()),
+    };
+    // The source sends a whole batch and vanishes before the sink answers it (as when mtr is
+    // killed while the sink copies and places): no `BatchDone` read, no `Commit`.
+    let mut p = connect(root.path());
+    p.w.msg(&ToSink::Ops {
+        ops: vec![upsert()],
+    })
+    .unwrap();
+    p.w.flush().unwrap();
+    let FromSink::Need { hashes } = p.r.msg::<FromSink>().unwrap() else {
+        panic!("expected Need")
+    };
+    assert_eq!(hashes.len(), c.len());
+    let mut off = 0usize;
+    for ch in &c {
+        p.w.data(
+            &ch.hash,
+            Codec::Raw,
+            ch.len,
+            &data[off..off + ch.len as usize],
+        )
+        .unwrap();
+        off += ch.len as usize;
+    }
+    p.w.msg(&ToSink::DataEnd).unwrap();
+    p.w.flush().unwrap();
+    drop((p.w, p.r, p.raw));
+    // Ended by the lost peer (an error writing `BatchDone`, or the end of the stream).
+    let _ = p.sink.join().unwrap();
+    assert!(fs::read(root.path().join("ckpt.bin")).unwrap() == data);
+
+    // The next session trusts what was placed: nothing dirty, no chunk asked for.
+    let mut p = connect(root.path());
+    p.w.msg(&ToSink::Ops {
+        ops: vec![upsert()],
+    })
+    .unwrap();
+    p.w.flush().unwrap();
+    let FromSink::Need { hashes } = p.r.msg::<FromSink>().unwrap() else {
+        panic!("expected Need")
+    };
+    assert!(
+        hashes.is_empty(),
+        "{} of {} chunks placed in the interrupted session were asked for again",
+        hashes.len(),
+        c.len()
+    );
+    p.w.msg(&ToSink::DataEnd).unwrap();
+    p.w.flush().unwrap();
+    assert!(matches!(
+        p.r.msg::<FromSink>().unwrap(),
+        FromSink::BatchDone
+    ));
+    p.w.msg(&ToSink::Commit).unwrap();
+    p.w.flush().unwrap();
+    assert!(matches!(
+        p.r.msg::<FromSink>().unwrap(),
+        FromSink::Committed { .. }
+    ));
+    source::bye(&mut p.w).unwrap();
+    p.sink.join().unwrap().unwrap();
+}
+
+#[test]
 fn a_copy_source_changed_during_the_session_is_requested_instead() {
     let root = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..300_000u32)
