@@ -18,13 +18,29 @@
 //! zstd levels, on 64 KiB chunks of each input: compressed/raw and MB/s of raw input on one
 //! core; `1 Gbit s/GB` is the time one GB takes through a 1 Gbit/s link with 2 cores
 //! compressing: the larger of compress time and wire time (the e2e link).
+//!
+//! The send pipeline ([`source::Pipeline`]: chunks read and compressed per window, windows
+//! ready ahead of the writer): a first sync of the e2e project at scale 0.15 (1.5k files and a
+//! 0.3 GB checkpoint), both roles in this process over a socket pair relayed at 1 Gbit/s
+//! (paced by a token bucket; no ssh cipher) and unpaced, into `/dev/shm` (the disk's writeback
+//! is noise here); wall seconds, medians of 5.
+//! `MTR_BENCH_PIPELINE=0` skips it.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::time::Instant;
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
 use mtr_benches::inputs;
+use mtr_benches::project::{Layout, Project};
 use protocol::chunker::{ChunkRef, Chunker};
+use protocol::codec::{FrameReader, FrameWriter};
+use protocol::scan::{Filter, NoProgress, ScanOptions};
+use protocol::source::{self, Pipeline, SourceConfig};
 use serde_json::json;
 
 const CKPT: usize = 256 << 20;
@@ -48,9 +64,132 @@ fn missing(old: &[ChunkRef], new: &[ChunkRef]) -> u64 {
         .sum()
 }
 
+/// Copy `from` to `to`, at most `rate` bytes a second (`None`: as fast as they go), until
+/// `from` ends; then shut `to`'s writing half.
+fn relay(mut from: UnixStream, to: UnixStream, rate: Option<f64>) {
+    let mut to = to;
+    let start = Instant::now();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut sent = 0u64;
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        sent += n as u64;
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64(sent as f64 / rate);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// A first sync of `src` into a new directory with `pipeline`, the source's bytes paced at
+/// `rate`: its wall time in seconds, and the chunk payload sent in bytes.
+fn first_sync(src: &Path, filter: &Filter, pipeline: Pipeline, rate: Option<f64>) -> (f64, u64) {
+    // In memory when it can be: the disk's writeback is noise to this question.
+    let dst = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (source_end, relay_in) = UnixStream::pair().unwrap();
+    let (relay_out, sink_end) = UnixStream::pair().unwrap();
+    let up = {
+        let (from, to) = (
+            relay_in.try_clone().unwrap(),
+            relay_out.try_clone().unwrap(),
+        );
+        std::thread::spawn(move || relay(from, to, rate))
+    };
+    let down = std::thread::spawn(move || relay(relay_out, relay_in, None));
+    let sink = std::thread::spawn(move || {
+        let r = sink_end.try_clone().unwrap();
+        protocol::sink::serve(r, sink_end, "params")
+    });
+    let t = Instant::now();
+    let mut r = FrameReader::new(source_end.try_clone().unwrap());
+    let mut w = FrameWriter::new(source_end.try_clone().unwrap());
+    let ack = source::handshake(&mut r, &mut w, dst.path().to_str().unwrap(), "params").unwrap();
+    let cfg = SourceConfig {
+        root: src,
+        filter,
+        chunker: Chunker::default(),
+        // The local index is kept: each run hashes nothing, as a first sync of a tree
+        // already scanned.
+        index_path: src.with_extension("index"),
+        state_path: state.path().join("state"),
+        dry_run: false,
+        pipeline,
+    };
+    let report = source::sync(&mut r, &mut w, &ack, &cfg, &NoProgress).unwrap();
+    source::bye(&mut w).unwrap();
+    drop((r, w));
+    let _ = source_end.shutdown(std::net::Shutdown::Write);
+    sink.join().unwrap().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    drop(source_end);
+    up.join().unwrap();
+    down.join().unwrap();
+    assert!(report.chunks_sent > 0, "the sync sent nothing");
+    (secs, report.payload_bytes_sent)
+}
+
+/// The pipeline table (see the header).
+fn pipeline_sweep(out: &mut String) -> Vec<serde_json::Value> {
+    let tree = tempfile::tempdir().unwrap();
+    let src = tree.path().join("project");
+    Project::generate(&src, Layout::scaled(0.15)).unwrap();
+    let filter = Filter::new(&src, &ScanOptions::default()).unwrap();
+    // Scanned (and indexed) once, before the runs.
+    first_sync(&src, &filter, Pipeline::default(), None);
+    writeln!(
+        out,
+        "{:>7} {:>6} {:>11} {:>9} {:>11} {:>9} {:>16}",
+        "window", "depth", "1Gb wall s", "1Gb MB", "unpaced s", "unp. MB", "ahead MiB (max)"
+    )
+    .unwrap();
+    let mut rows = Vec::new();
+    for window in [8usize, 16, 32, 64, 128, 256] {
+        for depth in [1usize, 2, 4] {
+            let p = Pipeline { window, depth };
+            let mut sent = (0, 0);
+            let paced = median_of(5, || {
+                sent.0 = first_sync(&src, &filter, p, Some(LINK_BYTES_PER_S)).1;
+            });
+            let unpaced = median_of(5, || {
+                sent.1 = first_sync(&src, &filter, p, None).1;
+            });
+            let mb = |b: u64| b as f64 / 1e6;
+            // Windows queued, one being prepared, one being written; chunks of at most
+            // 256 KiB, raw and compressed.
+            let ahead = ((depth + 2) * window * (256 << 10) * 2) as f64 / (1 << 20) as f64;
+            writeln!(
+                out,
+                "{window:>7} {depth:>6} {paced:>11.2} {:>9.1} {unpaced:>11.2} {:>9.1} {ahead:>16.0}",
+                mb(sent.0),
+                mb(sent.1)
+            )
+            .unwrap();
+            rows.push(json!({
+                "window": window, "depth": depth, "wall_s_1gbit": paced,
+                "payload_bytes_1gbit": sent.0, "wall_s_unpaced": unpaced,
+                "payload_bytes_unpaced": sent.1, "ahead_mib_max": ahead,
+            }));
+        }
+    }
+    rows
+}
+
 /// Median of three runs of `f`, in seconds.
-fn timed(mut f: impl FnMut()) -> f64 {
-    let mut t: Vec<f64> = (0..3)
+fn timed(f: impl FnMut()) -> f64 {
+    median_of(3, f)
+}
+
+/// Median of `n` runs of `f`, in seconds.
+fn median_of(n: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..n)
         .map(|_| {
             let s = Instant::now();
             f();
@@ -58,7 +197,7 @@ fn timed(mut f: impl FnMut()) -> f64 {
         })
         .collect();
     t.sort_by(f64::total_cmp);
-    t[1]
+    t[n / 2]
 }
 
 fn main() {
@@ -175,8 +314,16 @@ fn main() {
         }));
     }
     print!("{out}");
+    let mut pipeline = Vec::new();
+    if std::env::var("MTR_BENCH_PIPELINE").as_deref() != Ok("0") {
+        let mut table = String::new();
+        writeln!(table).unwrap();
+        pipeline = pipeline_sweep(&mut table);
+        print!("{table}");
+        out.push_str(&table);
+    }
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-params.json");
-    let doc = json!({ "chunk_sizes": rows, "zstd_levels": levels });
+    let doc = json!({ "chunk_sizes": rows, "zstd_levels": levels, "pipeline": pipeline });
     std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     println!("\nwrote {}", path.display());
 }

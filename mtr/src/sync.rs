@@ -104,6 +104,7 @@ pub fn start_scan(s: &Settings, ui: &Ui, dry_run: bool) -> Result<LocalScan> {
                     index_path,
                     state_path: PathBuf::new(),
                     dry_run,
+                    pipeline: Default::default(),
                 };
                 source::scan_local(&cfg, &progress)
             })
@@ -139,6 +140,7 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool, local: LocalScan) -
         // Known once the agent says where it runs.
         state_path: PathBuf::new(),
         dry_run,
+        pipeline: Default::default(),
     };
     // The agent starts while the scan goes on (a no-op sync of a large tree then costs
     // about the longer of the two, not their sum).

@@ -129,6 +129,7 @@ fn send<R: Read, W: Write>(
         excluded: &excluded,
         state_path: &state_path,
         dry_run: req.dry_run,
+        pipeline: source::Pipeline::default(),
     };
     let report = source::push(r, w, &ack, &job, &NoProgress)?;
     if req.dry_run {

@@ -99,6 +99,26 @@ pub struct SourceConfig<'a> {
     pub state_path: PathBuf,
     /// Compute and report the plan; change nothing.
     pub dry_run: bool,
+    /// How far reading and compressing chunks runs ahead of the writer.
+    pub pipeline: Pipeline,
+}
+
+/// How the chunks a sink asked for are read and compressed ahead of the writer: `window`
+/// chunks at a time on all cores, up to `depth` windows ready while one is written. The
+/// defaults come from `cargo bench --bench params` (its pipeline table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pipeline {
+    pub window: usize,
+    pub depth: usize,
+}
+
+impl Default for Pipeline {
+    fn default() -> Pipeline {
+        Pipeline {
+            window: 64,
+            depth: 2,
+        }
+    }
 }
 
 pub use crate::wire::Change;
@@ -133,8 +153,6 @@ const BATCH_FILES: usize = 256;
 const BATCH_BYTES: u64 = 256 << 20;
 /// At most this many files under moved directories in a batch (they count as no files).
 const IMPLIED_FILES: usize = 4 * BATCH_FILES;
-/// Chunks read and compressed in parallel at a time.
-const WINDOW: usize = 64;
 /// `Need` rounds answered per batch. An honest sink asks at most twice: once for the chunks
 /// it lacks, and once more for those whose copy from a file on its side it found stale (the
 /// file changed after the copy was planned; see `Sink::apply`). A third round is a sink that
@@ -222,6 +240,7 @@ pub fn sync_scanned<R: Read, W: Write>(
         excluded: &|p, is_dir| cfg.filter.excluded(p, is_dir),
         state_path: &cfg.state_path,
         dry_run: cfg.dry_run,
+        pipeline: cfg.pipeline,
     };
     push(r, w, ack, &job, progress)
 }
@@ -268,6 +287,7 @@ pub(crate) struct Push<'a> {
     pub state_path: &'a Path,
     /// Compute the plan only.
     pub dry_run: bool,
+    pub pipeline: Pipeline,
 }
 
 /// Bring the sink up to date with a scanned tree: diff it against what the sink holds (the
@@ -285,6 +305,7 @@ pub(crate) fn push<R: Read, W: Write>(
         excluded,
         state_path,
         dry_run,
+        pipeline,
     } = *job;
     let tree = &scanned.tree;
     let mut report = Report {
@@ -493,6 +514,7 @@ pub(crate) fn push<R: Read, W: Write>(
                 progress,
                 &mut sent_raw,
                 &pace,
+                pipeline,
             )?;
             w.msg(&ToSink::DataEnd)?;
             w.flush()?;
@@ -606,6 +628,7 @@ fn send_chunks<W: Write>(
     progress: &dyn Progress,
     sent_raw: &mut u64,
     pace: &Pace,
+    pipeline: Pipeline,
 ) -> Result<()> {
     for h in hashes {
         if !locs.contains_key(h) {
@@ -614,13 +637,13 @@ fn send_chunks<W: Write>(
             ));
         }
     }
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Prepared>>>(2);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Prepared>>>(pipeline.depth.max(1));
     std::thread::scope(|s| {
         // Owned here, so a write that fails drops it before the scope joins the reader: a
         // reader blocked on a full channel then wakes up instead of waiting forever.
         let rx = rx;
         s.spawn(move || {
-            for window in hashes.chunks(WINDOW) {
+            for window in hashes.chunks(pipeline.window.max(1)) {
                 let prepared = prepare_window(origin, entries, window, locs, pace.costly());
                 let failed = prepared.is_err();
                 let sent = match tx.try_send(prepared) {

@@ -180,6 +180,7 @@ fn session(root: &Path, script: Box<Script>) -> (Result<Report, String>, Seen) {
                 index_path: state_dir.join("index"),
                 state_path: state_dir.join("state"),
                 dry_run: false,
+                pipeline: Default::default(),
             };
             let report = source::sync(&mut r, &mut w, &ack, &cfg, &NoProgress)?;
             source::bye(&mut w)?;

@@ -72,6 +72,7 @@ fn sync(src: &Path, dst: &Path, state: &Path) -> (Report, usize, usize) {
         index_path: state.join("index"),
         state_path: state.join("state"),
         dry_run: false,
+        pipeline: Default::default(),
     };
     let report = source::sync(&mut r, &mut w, &ack, &cfg, &NoProgress).unwrap();
     source::bye(&mut w).unwrap();

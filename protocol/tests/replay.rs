@@ -150,6 +150,7 @@ fn record_upload(src: &Path) -> Vec<u8> {
         index_path: state.path().join("index"),
         state_path: state.path().join("state"),
         dry_run: false,
+        pipeline: Default::default(),
     };
     source::sync(&mut r, &mut w, &ack, &cfg, &NoProgress).unwrap();
     source::bye(&mut w).unwrap();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use protocol::chunker::Chunker;
 use protocol::codec::{FrameReader, FrameWriter};
 use protocol::scan::{Filter, NoProgress, ScanOptions};
-use protocol::source::{self, Report, SourceConfig};
+use protocol::source::{self, Pipeline, Report, SourceConfig};
 
 const VERSION: &str = "test";
 
@@ -19,6 +19,7 @@ struct Pair {
     dst: tempfile::TempDir,
     state: tempfile::TempDir,
     excludes: Vec<String>,
+    pipeline: Pipeline,
 }
 
 impl Pair {
@@ -28,6 +29,7 @@ impl Pair {
             dst: tempfile::tempdir().unwrap(),
             state: tempfile::tempdir().unwrap(),
             excludes: Vec::new(),
+            pipeline: Pipeline::default(),
         }
     }
     fn src(&self) -> &Path {
@@ -61,6 +63,7 @@ impl Pair {
             index_path: self.state.path().join("index"),
             state_path: self.state.path().join("state"),
             dry_run,
+            pipeline: self.pipeline,
         };
         let report = source::sync(&mut r, &mut w, &ack, &cfg, &NoProgress);
         let _ = source::bye(&mut w);
@@ -218,6 +221,20 @@ fn first_sync_then_noop_sends_no_data() {
     assert!(r2.no_op, "second sync should be a no-op: {:?}", r2.plan);
     assert_eq!(r2.chunks_sent, 0);
     assert_eq!(r2.files_hashed, 0, "unchanged files must not be re-read");
+}
+
+#[test]
+fn every_send_pipeline_shape_delivers_the_same_tree() {
+    for (window, depth) in [(0, 0), (1, 1), (3, 5), (1000, 1)] {
+        let mut p = Pair::new();
+        p.pipeline = Pipeline { window, depth };
+        random_tree(p.src(), &mut Rng(window as u64 + 7), 40);
+        let r = p.sync();
+        assert!(
+            r.chunks_sent > 0,
+            "window {window}, depth {depth}: nothing sent"
+        );
+    }
 }
 
 #[test]
