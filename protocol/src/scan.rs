@@ -409,10 +409,52 @@ fn walk(
         .par_iter()
         .map(|d| walk(root, d, filter, &rules, progress))
         .collect();
-    for n in nested {
-        items.extend(n?);
+    let nested: Vec<Vec<Item>> = nested.into_iter().collect::<Result<_>>()?;
+    Ok(in_path_order(rel_dir, items, &subdirs, nested))
+}
+
+/// The entries of directory `rel_dir` (`items`, in listing order) and the walks of its
+/// `subdirs` (`nested`, each in path order) as one list in path order, so the scan needs no
+/// sort of the whole tree: the entries by name, each subdirectory's walk where `name/` sorts
+/// among them (`a`, `a.txt`, `a/x`: '.' sorts before '/'). Skipped items go last.
+fn in_path_order(
+    rel_dir: &str,
+    items: Vec<Item>,
+    subdirs: &[String],
+    nested: Vec<Vec<Item>>,
+) -> Vec<Item> {
+    let strip = if rel_dir.is_empty() {
+        0
+    } else {
+        rel_dir.len() + 1
+    };
+    let total = items.len() + nested.iter().map(Vec::len).sum::<usize>();
+    let (mut own, skipped): (Vec<Item>, Vec<Item>) = items
+        .into_iter()
+        .partition(|i| !matches!(i, Item::Skipped(_)));
+    own.sort_unstable_by(|a, b| a.path().cmp(b.path()));
+    let mut trees: Vec<(&str, Vec<Item>)> =
+        subdirs.iter().map(|d| &d[strip..]).zip(nested).collect();
+    // By `name/`: "a-b/" sorts before "a/".
+    let key = |name: &str| name.bytes().chain([b'/']).collect::<Vec<u8>>();
+    trees.sort_by_cached_key(|t| key(t.0));
+    let mut trees = trees.into_iter().peekable();
+    let mut out = Vec::with_capacity(total);
+    for item in own {
+        let name = &item.path()[strip..];
+        while let Some((dir, _)) = trees.peek() {
+            if !dir.bytes().chain([b'/']).lt(name.bytes()) {
+                break;
+            }
+            out.extend(trees.next().expect("peeked").1);
+        }
+        out.push(item);
     }
-    Ok(items)
+    for (_, walked) in trees {
+        out.extend(walked);
+    }
+    out.extend(skipped);
+    out
 }
 
 /// Read and chunk one file, checking it did not change while being read.
@@ -630,9 +672,13 @@ pub fn scan(
         (items, loading.join().unwrap_or(None))
     });
     let mut items = items?;
-    // In path order, like the index: reused entries are found by a merge, not a hash map,
-    // and the tree's maps are built from sorted input.
-    items.sort_unstable_by(|a, b| a.path().cmp(b.path()));
+    // In path order, like the index (the walk lists it so): reused entries are found by a
+    // merge, not a hash map, and the tree's maps are built from sorted input.
+    let listed = items.iter().filter(|i| !matches!(i, Item::Skipped(_)));
+    if !listed.is_sorted_by(|a, b| a.path() < b.path()) {
+        debug_assert!(false, "the walk listed the tree out of order");
+        items.sort_unstable_by(|a, b| a.path().cmp(b.path()));
+    }
 
     let scanned_at = index.as_ref().map_or(i64::MIN, |i| i.scanned_at_ns);
     let (mut old, mut outdated) = match index {
@@ -828,6 +874,33 @@ mod tests {
         let f = filter(r, &[], false);
         assert!(!f.excluded("a.log", false));
         assert!(f.excluded("secret.txt", false));
+    }
+
+    #[test]
+    fn the_walk_lists_in_path_order() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        // Names around '/' in byte order: '-' and '.' sort before it, '0' and 'a' after.
+        for dir in ["a", "a/x", "a/x/z", "a-b", "a0", "b/c/d", "A", "é"] {
+            fs::create_dir_all(r.join(dir)).unwrap();
+        }
+        for file in [
+            "a.txt", "a/x.y", "a/x/z/f", "a/x0", "a-b/1", "a0/2", "ab", "b/c.d", "b/c/d/e", "A/.h",
+            "é/ü", " sp",
+        ] {
+            fs::write(r.join(file), file).unwrap();
+        }
+        std::os::unix::fs::symlink("a", r.join("a.link")).unwrap();
+        let listed: Vec<String> =
+            walk(r, "", &filter(r, &[], true), &Rules::default(), &NoProgress)
+                .unwrap()
+                .iter()
+                .map(|i| i.path().to_string())
+                .collect();
+        let mut sorted = listed.clone();
+        sorted.sort();
+        assert_eq!(listed, sorted);
+        assert_eq!(listed.len(), 23);
     }
 
     /// The index a scan leaves, as the next scan loads it.
