@@ -282,6 +282,18 @@ fn an_interrupted_transfer_leaves_no_partial_file_and_is_resumed() {
         p.r.msg::<FromSink>().unwrap(),
         FromSink::BatchDone
     ));
+    commit_and_leave(p);
+    assert!(fs::read(root.path().join("big.bin")).unwrap() == data);
+    assert_eq!(
+        fs::read_dir(root.path().join(".mtr-sync/staging"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+/// Commit, say goodbye, and check the sink ended well.
+fn commit_and_leave(mut p: Peer) {
     p.w.msg(&ToSink::Commit).unwrap();
     p.w.flush().unwrap();
     assert!(matches!(
@@ -290,13 +302,6 @@ fn an_interrupted_transfer_leaves_no_partial_file_and_is_resumed() {
     ));
     source::bye(&mut p.w).unwrap();
     p.sink.join().unwrap().unwrap();
-    assert!(fs::read(root.path().join("big.bin")).unwrap() == data);
-    assert_eq!(
-        fs::read_dir(root.path().join(".mtr-sync/staging"))
-            .unwrap()
-            .count(),
-        0
-    );
 }
 
 /// Drive one batch by hand: answer every `Need` from `data` until `BatchDone`; returns the
@@ -370,36 +375,15 @@ fn files_placed_before_the_source_vanished_are_recorded_and_not_sent_again() {
     let _ = p.sink.join().unwrap();
     assert!(fs::read(root.path().join("ckpt.bin")).unwrap() == data);
 
-    // The next session trusts what was placed: nothing dirty, no chunk asked for.
+    // The next session trusts what was placed: no chunk asked for.
     let mut p = connect(root.path());
-    p.w.msg(&ToSink::Ops {
-        ops: vec![upsert()],
-    })
-    .unwrap();
-    p.w.flush().unwrap();
-    let FromSink::Need { hashes } = p.r.msg::<FromSink>().unwrap() else {
-        panic!("expected Need")
-    };
-    assert!(
-        hashes.is_empty(),
-        "{} of {} chunks placed in the interrupted session were asked for again",
-        hashes.len(),
-        c.len()
+    let asked = run_batch(&mut p, vec![upsert()], &data, &c);
+    assert_eq!(
+        asked,
+        [0],
+        "chunks placed in the interrupted session were asked for again"
     );
-    p.w.msg(&ToSink::DataEnd).unwrap();
-    p.w.flush().unwrap();
-    assert!(matches!(
-        p.r.msg::<FromSink>().unwrap(),
-        FromSink::BatchDone
-    ));
-    p.w.msg(&ToSink::Commit).unwrap();
-    p.w.flush().unwrap();
-    assert!(matches!(
-        p.r.msg::<FromSink>().unwrap(),
-        FromSink::Committed { .. }
-    ));
-    source::bye(&mut p.w).unwrap();
-    p.sink.join().unwrap().unwrap();
+    commit_and_leave(p);
 }
 
 #[test]
@@ -420,14 +404,7 @@ fn a_copy_source_changed_during_the_session_is_requested_instead() {
         &c,
     );
     assert_eq!(first, vec![c.len()]);
-    p.w.msg(&ToSink::Commit).unwrap();
-    p.w.flush().unwrap();
-    assert!(matches!(
-        p.r.msg::<FromSink>().unwrap(),
-        FromSink::Committed { .. }
-    ));
-    source::bye(&mut p.w).unwrap();
-    p.sink.join().unwrap().unwrap();
+    commit_and_leave(p);
 
     // Next session: the sink plans to copy b.bin from a.bin, but a.bin changes first.
     let mut p = connect(root.path());
@@ -967,13 +944,7 @@ fn duplicated_and_out_of_order_messages_are_refused() {
         p.r.msg::<FromSink>().unwrap(),
         FromSink::BatchDone
     ));
-    msg(&mut p, ToSink::Commit);
-    assert!(matches!(
-        p.r.msg::<FromSink>().unwrap(),
-        FromSink::Committed { .. }
-    ));
-    source::bye(&mut p.w).unwrap();
-    p.sink.join().unwrap().unwrap();
+    commit_and_leave(p);
     assert!(fs::read(place.root().join("a.bin")).unwrap() == data);
 }
 
