@@ -263,19 +263,7 @@ fn an_interrupted_transfer_leaves_no_partial_file_and_is_resumed() {
         hashes.len() - sent,
         "arrived chunks were asked for again"
     );
-    let mut off = 0usize;
-    for ch in &c {
-        if again.contains(&ch.hash) {
-            p.w.data(
-                &ch.hash,
-                Codec::Raw,
-                ch.len,
-                &data[off..off + ch.len as usize],
-            )
-            .unwrap();
-        }
-        off += ch.len as usize;
-    }
+    send_named(&mut p, &again, &data, &c);
     p.w.msg(&ToSink::DataEnd).unwrap();
     p.w.flush().unwrap();
     assert!(matches!(
@@ -290,6 +278,18 @@ fn an_interrupted_transfer_leaves_no_partial_file_and_is_resumed() {
             .count(),
         0
     );
+}
+
+/// Send the chunks of `data` (cut as `chunks`) that `hashes` names, raw.
+fn send_named(p: &mut Peer, hashes: &[Hash], data: &[u8], chunks: &[ChunkSpec]) {
+    let mut off = 0usize;
+    for ch in chunks {
+        if hashes.contains(&ch.hash) {
+            let raw = &data[off..off + ch.len as usize];
+            p.w.data(&ch.hash, Codec::Raw, ch.len, raw).unwrap();
+        }
+        off += ch.len as usize;
+    }
 }
 
 /// Commit, say goodbye, and check the sink ended well.
@@ -314,19 +314,7 @@ fn run_batch(p: &mut Peer, ops: Vec<Op>, data: &[u8], chunks: &[ChunkSpec]) -> V
         match p.r.msg::<FromSink>().unwrap() {
             FromSink::Need { hashes } => {
                 rounds.push(hashes.len());
-                let mut off = 0usize;
-                for ch in chunks {
-                    if hashes.contains(&ch.hash) {
-                        p.w.data(
-                            &ch.hash,
-                            Codec::Raw,
-                            ch.len,
-                            &data[off..off + ch.len as usize],
-                        )
-                        .unwrap();
-                    }
-                    off += ch.len as usize;
-                }
+                send_named(p, &hashes, data, chunks);
                 p.w.msg(&ToSink::DataEnd).unwrap();
                 p.w.flush().unwrap();
             }
@@ -357,17 +345,7 @@ fn files_placed_before_the_source_vanished_are_recorded_and_not_sent_again() {
         panic!("expected Need")
     };
     assert_eq!(hashes.len(), c.len());
-    let mut off = 0usize;
-    for ch in &c {
-        p.w.data(
-            &ch.hash,
-            Codec::Raw,
-            ch.len,
-            &data[off..off + ch.len as usize],
-        )
-        .unwrap();
-        off += ch.len as usize;
-    }
+    send_named(&mut p, &hashes, &data, &c);
     p.w.msg(&ToSink::DataEnd).unwrap();
     p.w.flush().unwrap();
     drop((p.w, p.r, p.raw));
