@@ -3,7 +3,9 @@
 //! missing, corrupt or older file reads as "no state": these are caches, and losing one costs a
 //! rescan, never data.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Error, IoContext, Result};
 
@@ -81,7 +83,7 @@ pub fn prepare<T: bincode::Encode>(path: &Path, value: &T) -> Result<Prepared> {
         .ok_or_else(|| Error::Conflict(format!("{} has no parent directory", path.display())))?;
     std::fs::create_dir_all(dir).ctx("create directory", dir)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    remove_stale_temps(dir, name);
+    remove_stale_temps(dir);
     let prepared = Prepared {
         tmp: dir.join(format!(".{name}.tmp{}", std::process::id())),
         path: path.to_path_buf(),
@@ -104,20 +106,30 @@ pub fn prepare<T: bincode::Encode>(path: &Path, value: &T) -> Result<Prepared> {
     Ok(prepared)
 }
 
-/// Remove the temp files of `name` that processes no longer running left in `dir` (a process
-/// that exits while writing one, such as mtr leaving after a failed connect while its early
-/// scan saves the index, never gets to remove it).
-fn remove_stale_temps(dir: &Path, name: &str) {
+/// Remove the temp files (`.NAME.tmpPID`) that processes no longer running left in `dir`, a
+/// directory of mtr's state (a process that exits while writing one, such as mtr leaving after
+/// a failed connect while its early scan saves the index, never gets to remove it). Once per
+/// directory in a process: the sink writes a file per long chunk list into one directory, and
+/// listing it for each would cost the square of their number.
+fn remove_stale_temps(dir: &Path) {
+    static CHECKED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let first = CHECKED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(dir.to_path_buf());
+    if !first {
+        return;
+    }
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
-    let prefix = format!(".{name}.tmp");
     for de in rd.flatten() {
         let file = de.file_name();
         let Some(pid) = file
             .to_str()
-            .and_then(|f| f.strip_prefix(&prefix))
-            .and_then(|p| p.parse::<i32>().ok())
+            .filter(|f| f.starts_with('.'))
+            .and_then(|f| f.rsplit_once(".tmp"))
+            .and_then(|(_, pid)| pid.parse::<i32>().ok())
         else {
             continue;
         };
@@ -172,21 +184,30 @@ mod tests {
         let ours = d.path().join(format!(".state.tmp{}", std::process::id()));
         // Process 1 always runs: its temp file may be being written.
         let running = d.path().join(".state.tmp1");
+        // Another state file's, in the same directory of mtr's state.
         let other = d.path().join(format!(".other.tmp{dead}"));
-        for f in [&stale, &running, &other] {
+        // Not a temp file of ours.
+        let foreign = [
+            d.path().join(format!("notes.tmp{dead}")),
+            d.path().join(".state.tmpfile"),
+        ];
+        for f in [&stale, &running, &other].into_iter().chain(&foreign) {
             std::fs::write(f, b"half").unwrap();
         }
         let prepared = prepare(&p, &7u32).unwrap();
         assert!(!stale.exists(), "a dead process's temp file stays");
+        assert!(
+            !other.exists(),
+            "a dead process's temp file of another state file stays"
+        );
         assert!(ours.exists(), "our own temp file is the one being written");
         assert!(
             running.exists(),
             "a running process's temp file was removed"
         );
-        assert!(
-            other.exists(),
-            "another file's temp files are not this save's to judge"
-        );
+        for f in &foreign {
+            assert!(f.exists(), "{} is not a temp file of mtr's", f.display());
+        }
         prepared.commit().unwrap();
         assert_eq!(load::<u32>(&p), Some(7));
     }
