@@ -66,8 +66,7 @@ fn missing(old: &[ChunkRef], new: &[ChunkRef]) -> u64 {
 
 /// Copy `from` to `to`, at most `rate` bytes a second (`None`: as fast as they go), until
 /// `from` ends; then shut `to`'s writing half.
-fn relay(mut from: UnixStream, to: UnixStream, rate: Option<f64>) {
-    let mut to = to;
+fn relay(mut from: UnixStream, mut to: UnixStream, rate: Option<f64>) {
     let start = Instant::now();
     let mut buf = vec![0u8; 64 << 10];
     let mut sent = 0u64;

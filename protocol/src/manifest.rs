@@ -123,18 +123,8 @@ pub fn diff(
     d
 }
 
-/// Renames: upserted paths the sink can build by renaming a path the same diff deletes, as
-/// new path → deleted path. A new directory moves from a deleted one when every path under the
-/// deleted one has a counterpart of the same kind under the new one (a renamed directory,
-/// maybe with edits: what differs follows as ops of its own), found through a file of equal
-/// content at the same relative path; what is under a moved directory moves with it. A file
-/// with new content moves from a deleted file of the same content (one of the same name
-/// first). Paths in `force` (changed on the sink's side) never serve.
 /// Whether a directory above `path` is in `dirs`.
-pub fn under_any<S: std::borrow::Borrow<str> + Eq + std::hash::Hash>(
-    dirs: &HashSet<S>,
-    path: &str,
-) -> bool {
+pub fn under_any(dirs: &HashSet<&str>, path: &str) -> bool {
     let mut at = path;
     while let Some(i) = at.rfind('/') {
         at = &at[..i];
@@ -145,6 +135,13 @@ pub fn under_any<S: std::borrow::Borrow<str> + Eq + std::hash::Hash>(
     false
 }
 
+/// Renames: upserted paths the sink can build by renaming a path the same diff deletes, as
+/// new path → deleted path. A new directory moves from a deleted one when every path under the
+/// deleted one has a counterpart of the same kind under the new one (a renamed directory,
+/// maybe with edits: what differs follows as ops of its own), found through a file of equal
+/// content at the same relative path; what is under a moved directory moves with it. A file
+/// with new content moves from a deleted file of the same content (one of the same name
+/// first). Paths in `force` (changed on the sink's side) never serve.
 pub fn moves(
     base: &Manifest,
     current: &Manifest,

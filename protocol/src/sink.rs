@@ -885,13 +885,14 @@ impl Sink {
     /// Whether an upsert names what a trusted record already says (a file under a directory
     /// that moved): nothing to build, no chunk to look up.
     fn holds(&self, op: &Op) -> bool {
-        match op {
-            Op::Upsert { entry, .. } => self
-                .records
-                .get(&entry.path)
-                .is_some_and(|r| !r.dirty && r.rec.entry.kind == entry.kind),
-            _ => false,
-        }
+        matches!(op, Op::Upsert { entry, .. } if self.recorded_as(entry))
+    }
+
+    /// Whether a trusted record says exactly `entry`.
+    fn recorded_as(&self, entry: &Entry) -> bool {
+        self.records
+            .get(&entry.path)
+            .is_some_and(|r| !r.dirty && r.rec.entry.kind == entry.kind)
     }
 
     /// Build the map of records from the index as loaded (once, before anything changes).
@@ -1601,15 +1602,15 @@ impl Sink {
         else {
             unreachable!()
         };
-        let recorded = self.records.get(&entry.path).filter(|r| {
-            !r.dirty
-                && matches!(&r.rec.entry.kind, EntryKind::File { digest: d, .. } if *d == digest)
-        });
-        if recorded.is_some_and(|r| r.rec.entry.kind == entry.kind) {
+        if self.recorded_as(&entry) {
             // Exactly as recorded (a directory moved with it, say): nothing to write, nor
             // to record (the same digest is the same chunk list).
             return Ok(None);
         }
+        let recorded = self.records.get(&entry.path).filter(|r| {
+            !r.dirty
+                && matches!(&r.rec.entry.kind, EntryKind::File { digest: d, .. } if *d == digest)
+        });
         let have = match recorded {
             Some(r) => Some(r.rec.chunks.clone()),
             // A file found here with this content already: adopt it.
