@@ -2218,6 +2218,33 @@ static ssize_t sftp_write(LIBSSH2_SFTP_HANDLE *handle, const char *buffer,
                 chunk = next;
             }
             else {
+                /* mtr patch: the send loop above stops at a WRITE packet
+                   the channel took only part of. Dropping it would leave
+                   the server waiting for the rest of it and reading the
+                   next request (FXP_CLOSE) as its data: both sides then
+                   wait forever. A blocking session sends the rest first. */
+                struct sftp_pipeline_chunk *part;
+                ssh2_time_t start = ssh2_now();
+                for(part = ssh2_list_first(&handle->packet_list); part;
+                    part = ssh2_list_next(&part->node)) {
+                    if(part->sent && part->lefttosend)
+                        break;
+                }
+                while(part && part->lefttosend && session->api_block_mode) {
+                    rc = ssh2_channel_write(channel, 0,
+                                            &part->packet[part->sent],
+                                            part->lefttosend);
+                    if(rc == LIBSSH2_ERROR_EAGAIN) {
+                        if(ssh2_wait_socket(session, start))
+                            break;
+                        continue;
+                    }
+                    if(rc < 0)
+                        break;
+                    part->lefttosend -= rc;
+                    part->sent += rc;
+                }
+
                 /* flush all pending packets from the outgoing list */
                 sftp_packetlist_flush(handle);
 
