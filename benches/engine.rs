@@ -12,7 +12,8 @@
 //! - `decompress`: `protocol::compress::decompress` of what `compress` made, by raw bytes;
 //! - `chunk_file`: `protocol::scan::chunk_file` of 128 MiB and 512 MiB fp16 files in the page
 //!   cache (one segment and two, read a strip at a time with `pread`): what hashing a
-//!   checkpoint costs a scan.
+//!   checkpoint costs a scan; `_rechunk`: the same file checked against its old chunk list
+//!   (a touched or edited checkpoint).
 //!
 //! Run: `cargo bench --bench engine` (a short run: 10 samples, 2 s each).
 //! Filter: `cargo bench --bench engine -- chunker/fp16`.
@@ -209,6 +210,13 @@ fn files(c: &mut Criterion) {
         g.throughput(Throughput::Bytes((mib << 20) as u64));
         g.bench_function(format!("fp16_{mib}MiB"), |b| {
             b.iter(|| protocol::scan::chunk_file(black_box(&path), &st, &chunker).unwrap())
+        });
+        // The same file after a touch: checked against its old chunk list.
+        let old = protocol::chunker::specs(
+            &protocol::scan::chunk_file(&path, &st, &chunker).expect("chunk the bench file"),
+        );
+        g.bench_function(format!("fp16_{mib}MiB_rechunk"), |b| {
+            b.iter(|| protocol::scan::rechunk_file(black_box(&path), &st, &chunker, &old).unwrap())
         });
     }
     g.finish();
