@@ -162,6 +162,17 @@ static int transport_decrypt(LIBSSH2_SESSION *session, unsigned char *source,
             decryptlen = len;
             lowerfirstlast = LAST_BLOCK;
         }
+#ifdef LIBSSH2_OPENSSL
+        /* mtr patch: decrypt a run of whole middle blocks in one call, as
+           ssh2_transport_send encrypts them; a packet's last block (or last
+           two, combined above) stays apart when it ends here. */
+        else if(lowerfirstlast == MIDDLE_BLOCK && decryptlen == blocksize) {
+            ssize_t tail = IS_LAST(firstlast) ? blocksize : 0;
+            ssize_t run = ((len - tail) / blocksize) * blocksize;
+            if(run > blocksize)
+                decryptlen = run;
+        }
+#endif
 
         if(session->remote.crypt->crypt(session, 0, source, decryptlen,
                                         &session->remote.crypt_abstract,
