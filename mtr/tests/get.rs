@@ -379,13 +379,7 @@ fn every_cipher_carries_a_sync_and_a_get_byte_for_byte() {
         for len in [0, 1, 15, 16, 17, 4095, 32_768, 32_769] {
             gen::binary_file(&p.root().join(format!("data/{len}.bin")), len, len as u64);
         }
-        let out = p
-            .mtr()
-            .args(["--no-tty", "-vv", "--sync-only"])
-            .output()
-            .unwrap();
-        let log = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{cipher}: the sync failed:\n{log}");
+        let log = p.sync_debug();
         assert!(
             log.contains(&format!("cipher {cipher} / {cipher}")),
             "{cipher} was not the cipher used:\n{log}"

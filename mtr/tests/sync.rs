@@ -38,13 +38,7 @@ fn debug_output_shows_the_agents_timeline() {
     p.write("train.py", "print(1)");
     p.sync();
     p.write("train.py", "print(2)");
-    let out = p
-        .mtr()
-        .args(["--no-tty", "-vv", "--sync-only"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let stderr = p.sync_debug();
     // The agent's own debug lines, each once, as mtr's, with the agent's clock.
     for phase in [
         "sink: index of 1 entries loaded in",

@@ -83,11 +83,20 @@ impl Project {
         c
     }
 
-    /// `mtr --no-tty --sync-only`, which must succeed; returns its stderr.
+    /// `mtr --no-tty -v --sync-only`, which must succeed; returns its stderr.
     pub fn sync(&self) -> String {
+        self.sync_at("-v")
+    }
+
+    /// [`Project::sync`] with `-vv`: its stderr is the debug log of both sides.
+    pub fn sync_debug(&self) -> String {
+        self.sync_at("-vv")
+    }
+
+    fn sync_at(&self, verbosity: &str) -> String {
         let out = self
             .mtr()
-            .args(["--no-tty", "-v", "--sync-only"])
+            .args(["--no-tty", verbosity, "--sync-only"])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
