@@ -223,8 +223,12 @@ fn ctrl_c_reaches_the_remote_command() {
 fn a_command_that_ignores_sigint_is_stopped_by_a_second_one() {
     let p = project();
     let mut mtr = spawn(&p, &["sh", "-c", "trap '' INT; exec sleep 1002.5"]);
+    // The sleep itself, not the shell whose command line names it: only once the shell has
+    // exec'd it is SIGINT sure to be ignored (a Ctrl+C before the trap ends the shell).
     wait_for("the remote sleep", Duration::from_secs(30), || {
-        !remote(&p, "sleep 1002.5").is_empty()
+        remote(&p, "sleep 1002.5")
+            .iter()
+            .any(|(_, cmd)| cmd == "sleep 1002.5")
     });
     signal(&mtr, libc::SIGINT);
     sleep(Duration::from_millis(500));
