@@ -435,15 +435,13 @@ fn in_path_order(
     own.sort_unstable_by(|a, b| a.path().cmp(b.path()));
     let mut trees: Vec<(&str, Vec<Item>)> =
         subdirs.iter().map(|d| &d[strip..]).zip(nested).collect();
-    // By `name/`: "a-b/" sorts before "a/".
-    let key = |name: &str| name.bytes().chain([b'/']).collect::<Vec<u8>>();
-    trees.sort_by_cached_key(|t| key(t.0));
+    trees.sort_by(|a, b| as_dir(a.0).cmp(as_dir(b.0)));
     let mut trees = trees.into_iter().peekable();
     let mut out = Vec::with_capacity(total);
     for item in own {
         let name = &item.path()[strip..];
         while let Some((dir, _)) = trees.peek() {
-            if !dir.bytes().chain([b'/']).lt(name.bytes()) {
+            if !as_dir(dir).lt(name.bytes()) {
                 break;
             }
             out.extend(trees.next().expect("peeked").1);
@@ -455,6 +453,11 @@ fn in_path_order(
     }
     out.extend(skipped);
     out
+}
+
+/// The bytes a subdirectory's walk sorts by: `name/` ("a-b/" before "a/", "a/" before "a0").
+fn as_dir(name: &str) -> impl Iterator<Item = u8> + '_ {
+    name.bytes().chain([b'/'])
 }
 
 /// Read and chunk one file, checking it did not change while being read.
