@@ -28,12 +28,10 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::time::Instant;
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mtr_benches::inputs;
 use mtr_benches::project::{Layout, Project};
