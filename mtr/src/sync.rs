@@ -4,13 +4,14 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use protocol::chunker::Chunker;
 use protocol::get::{ReceiveConfig, Received, Request};
-use protocol::scan::{Filter, ScanOptions};
+use protocol::scan::{Filter, ScanOptions, Segment};
 use protocol::source::{self, Change, LocalTree, Report, SourceConfig};
 
 use crate::agent_install;
@@ -71,6 +72,9 @@ pub struct LocalScan {
     index_path: PathBuf,
     progress: SyncProgress,
     scan: std::thread::JoinHandle<protocol::Result<LocalTree>>,
+    /// The segments of long changed files the scan finds, for the agent to start building
+    /// them ([`source::Prefills`]); ends when the scan does. `None` in a dry run.
+    segments: Option<Receiver<Segment>>,
     started: Instant,
 }
 
@@ -92,6 +96,12 @@ pub fn start_scan(s: &Settings, ui: &Ui, dry_run: bool) -> Result<LocalScan> {
         .join(key(&[&root.display().to_string()]));
     let progress = ui.progress_hidden();
     let started = Instant::now();
+    let (found, segments) = std::sync::mpsc::channel::<Segment>();
+    let (found, segments) = if dry_run {
+        (None, None)
+    } else {
+        (Some(found), Some(segments))
+    };
     let scan = {
         let (filter, index_path, progress) = (filter.clone(), index_path.clone(), progress.clone());
         std::thread::Builder::new()
@@ -106,7 +116,9 @@ pub fn start_scan(s: &Settings, ui: &Ui, dry_run: bool) -> Result<LocalScan> {
                     dry_run,
                     pipeline: Default::default(),
                 };
-                source::scan_local(&cfg, &progress)
+                let early = found.map(|tx| move |seg| drop(tx.send(seg)));
+                let early = early.as_ref().map(|f| f as &(dyn Fn(Segment) + Sync));
+                source::scan_local_early(&cfg, &progress, early)
             })
             .context("cannot start the scan")?
     };
@@ -115,6 +127,7 @@ pub fn start_scan(s: &Settings, ui: &Ui, dry_run: bool) -> Result<LocalScan> {
         index_path,
         progress,
         scan,
+        segments,
         started,
     })
 }
@@ -129,6 +142,7 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool, local: LocalScan) -
         index_path,
         progress,
         scan,
+        segments,
         started,
     } = local;
     progress.show(ui);
@@ -144,7 +158,19 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool, local: LocalScan) -
     };
     // The agent starts while the scan goes on (a no-op sync of a large tree then costs
     // about the longer of the two, not their sum).
-    let agent = agent_install::start(ssh, &s.remote_dir);
+    let mut agent = agent_install::start(ssh, &s.remote_dir);
+    let wire0 = agent.as_ref().map_or((0, 0), |a| {
+        (a.writer.bytes_sent(), a.reader.bytes_received())
+    });
+    // While the scan reads the long files that changed, the agent starts building them from
+    // what it holds (their segments arrive as the scan finds them; the loop ends with it).
+    let mut prefills = source::Prefills::default();
+    let prefilled = match (&mut agent, segments) {
+        (Ok(a), Some(found)) => found
+            .iter()
+            .try_for_each(|seg| prefills.send(&mut a.writer, seg)),
+        _ => Ok(()),
+    };
     let local = scan
         .join()
         .unwrap_or_else(|_| Err(protocol::Error::Protocol("the scan panicked".into())));
@@ -155,15 +181,18 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool, local: LocalScan) -
     cfg.state_path = cache_dir()
         .join("state")
         .join(key(&[&root, ssh.display(), &agent.ack.root]));
-    let (sent0, recv0) = (agent.writer.bytes_sent(), agent.reader.bytes_received());
-    let result = source::sync_scanned(
-        &mut agent.reader,
-        &mut agent.writer,
-        &agent.ack,
-        &cfg,
-        &local,
-        &progress,
-    );
+    let (sent0, recv0) = wire0;
+    let result = prefilled.and_then(|()| {
+        source::sync_scanned(
+            &mut agent.reader,
+            &mut agent.writer,
+            &agent.ack,
+            &cfg,
+            &local,
+            &prefills,
+            &progress,
+        )
+    });
     progress.finish();
     // Freeing a large tree's maps takes a while (~20 ms per 100k files) that nobody waits for.
     std::thread::spawn(move || drop(local));

@@ -272,3 +272,28 @@ fn an_unreachable_host_fails_with_255_and_names_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
 }
+
+/// A file longer than a segment (256 MiB) changed near its head: while mtr still reads it, the
+/// agent starts building the new version from the old one (its debug log says how much it
+/// prefilled), and the file arrives exact with only the changed chunks on the wire.
+#[test]
+fn a_long_file_changed_at_its_head_is_built_while_mtr_reads_it() {
+    let p = Project::new();
+    let mut big = vec![0u8; 300 << 20];
+    testkit::gen::Rng::new(17).fill(&mut big);
+    p.write("ckpt.bin", &big);
+    p.sync();
+    big.splice(64..64, [b'x'; 100]);
+    p.write("ckpt.bin", &big);
+    let stderr = p.sync_debug();
+    let prefilled: u64 = stderr
+        .lines()
+        .find(|l| l.contains("bytes prefilled in"))
+        .and_then(|l| l.split("sink: ").nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("nothing prefilled:\n{stderr}"));
+    assert!(prefilled > 290 << 20, "{prefilled} bytes prefilled");
+    let wire = wire_bytes(&stderr);
+    assert!(wire < 2_000_000, "{wire} bytes on the wire");
+    let theirs = fs::read(p.remote().join("ckpt.bin")).unwrap();
+    assert!(theirs == big, "the remote file differs");
+}

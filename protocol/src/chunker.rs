@@ -98,9 +98,11 @@ impl Chunker {
     }
 
     fn chunk_strips(&self, input: &dyn Input, strip: usize) -> io::Result<Vec<ChunkRef>> {
-        self.per_segment(input, |base, len| {
-            self.chunk_segment(input, base, len, strip)
-        })
+        self.per_segment(
+            input,
+            |base, len| self.chunk_segment(input, base, len, strip),
+            &|_| {},
+        )
     }
 
     /// Chunk `data`, a new version of a file that chunked as `old`: the result is exactly
@@ -120,7 +122,19 @@ impl Chunker {
 
     /// [`Chunker::rechunk`] of `input`.
     pub fn rechunk_input(&self, input: &dyn Input, old: &[ChunkSpec]) -> io::Result<Vec<ChunkRef>> {
-        self.rechunk_strips(input, old, strip_len(input.size(), self.segment))
+        self.rechunk_input_each(input, old, &|_| {})
+    }
+
+    /// [`Chunker::rechunk_input`], telling `each` the chunks of every segment as soon as they
+    /// are found (segments run in parallel, so in any order): a long file's first segments
+    /// can be acted on while the rest is read.
+    pub fn rechunk_input_each(
+        &self,
+        input: &dyn Input,
+        old: &[ChunkSpec],
+        each: &(dyn Fn(&[ChunkRef]) + Sync),
+    ) -> io::Result<Vec<ChunkRef>> {
+        self.rechunk_strips(input, old, strip_len(input.size(), self.segment), each)
     }
 
     fn rechunk_strips(
@@ -128,28 +142,42 @@ impl Chunker {
         input: &dyn Input,
         old: &[ChunkSpec],
         strip: usize,
+        each: &(dyn Fn(&[ChunkRef]) + Sync),
     ) -> io::Result<Vec<ChunkRef>> {
         let hint = Hint::new(old, input.size(), self);
-        self.per_segment(input, |base, len| {
-            self.rechunk_segment(input, base, len, &hint, strip)
-        })
+        self.per_segment(
+            input,
+            |base, len| self.rechunk_segment(input, base, len, &hint, strip),
+            each,
+        )
     }
 
-    /// `f(base, len)` for each segment of `input`, in parallel, the results joined in order.
-    fn per_segment<F>(&self, input: &dyn Input, f: F) -> io::Result<Vec<ChunkRef>>
+    /// `f(base, len)` for each segment of `input`, in parallel, each result told to `each`
+    /// as it is found, and all of them joined in order.
+    fn per_segment<F>(
+        &self,
+        input: &dyn Input,
+        f: F,
+        each: &(dyn Fn(&[ChunkRef]) + Sync),
+    ) -> io::Result<Vec<ChunkRef>>
     where
         F: Fn(u64, usize) -> io::Result<Vec<ChunkRef>> + Sync,
     {
         use rayon::prelude::*;
         let size = input.size();
+        let found = |base: u64, len: usize| {
+            let chunks = f(base, len)?;
+            each(&chunks);
+            Ok(chunks)
+        };
         if size <= self.segment {
-            return f(0, size as usize);
+            return found(0, size as usize);
         }
         let parts = (0..size.div_ceil(self.segment))
             .into_par_iter()
             .map(|i| {
                 let base = i * self.segment;
-                f(base, (size - base).min(self.segment) as usize)
+                found(base, (size - base).min(self.segment) as usize)
             })
             .collect::<io::Result<Vec<_>>>()?;
         Ok(parts.concat())
@@ -527,6 +555,31 @@ mod tests {
         assert!(new_bytes <= (6 * 2 * 256) << 10, "{new_bytes}");
     }
 
+    /// `rechunk_input_each` tells each segment's chunks once, as found: together, the result.
+    #[test]
+    fn each_segment_is_told_once_as_it_is_found() {
+        let c = Chunker {
+            segment: 1 << 20,
+            ..Chunker::default()
+        };
+        let data = pseudo_random((5 << 20) + 777, 12);
+        let old = specs(&c.chunk(&data));
+        let mut edited = data.clone();
+        edited.splice(10..10, pseudo_random(100, 13));
+        let told = std::sync::Mutex::new(Vec::new());
+        let all = c
+            .rechunk_input_each(&&edited[..], &old, &|seg| {
+                told.lock().unwrap().push(seg.to_vec())
+            })
+            .unwrap();
+        let mut told = told.into_inner().unwrap();
+        told.sort_by_key(|seg| seg[0].offset);
+        let starts: Vec<u64> = told.iter().map(|seg| seg[0].offset).collect();
+        assert_eq!(starts, (0..6).map(|i| i << 20).collect::<Vec<u64>>());
+        assert_eq!(told.concat(), all);
+        assert_eq!(all, c.chunk(&edited));
+    }
+
     /// `rechunk` must give exactly what `chunk` gives, whatever the edit: boundaries and
     /// hashes are what both peers compare.
     #[test]
@@ -721,7 +774,7 @@ mod tests {
             );
             let input = FileLike::new(&edited);
             assert_eq!(
-                c.rechunk_strips(&input, &old, strip).unwrap(),
+                c.rechunk_strips(&input, &old, strip, &|_| {}).unwrap(),
                 c.chunk(&edited),
                 "strip {strip}"
             );
@@ -743,7 +796,9 @@ mod tests {
             };
             let err = c.chunk_strips(&input, 1 << 20).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{shrunk_at}");
-            let err = c.rechunk_strips(&input, &old, 1 << 20).unwrap_err();
+            let err = c
+                .rechunk_strips(&input, &old, 1 << 20, &|_| {})
+                .unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{shrunk_at}");
         }
     }

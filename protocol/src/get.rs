@@ -130,6 +130,7 @@ fn send<R: Read, W: Write>(
         state_path: &state_path,
         dry_run: req.dry_run,
         pipeline: source::Pipeline::default(),
+        prefills: &source::Prefills::default(),
     };
     let report = source::push(r, w, &ack, &job, &NoProgress)?;
     if req.dry_run {

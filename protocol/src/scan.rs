@@ -473,6 +473,19 @@ pub fn rechunk_file(
     chunker: &Chunker,
     old: &[ChunkSpec],
 ) -> Result<Vec<ChunkRef>> {
+    rechunk_file_each(path, expected, chunker, old, &|_| {})
+}
+
+/// [`rechunk_file`], telling `each` every segment's chunks as they are found
+/// ([`Chunker::rechunk_input_each`]). A file read twice (it changed while read) tells the
+/// segments of both reads.
+fn rechunk_file_each(
+    path: &Path,
+    expected: &StatKey,
+    chunker: &Chunker,
+    old: &[ChunkSpec],
+    each: &(dyn Fn(&[ChunkRef]) + Sync),
+) -> Result<Vec<ChunkRef>> {
     for _attempt in 0..2 {
         let f = File::open(path).ctx("open", path)?;
         let before = stat_key(&f.metadata().ctx("stat", path)?);
@@ -487,7 +500,7 @@ pub fn rechunk_file(
         let read = if old.is_empty() {
             chunker.chunk_input(&input)
         } else {
-            chunker.rechunk_input(&input, old)
+            chunker.rechunk_input_each(&input, old, each)
         };
         let chunks = match read {
             Ok(chunks) => chunks,
@@ -627,6 +640,111 @@ pub fn scan_file(
 }
 
 /// A file's stat (after reading it) and chunk list.
+/// The chunks of one segment of a long file that changed, found while the scan goes on: what
+/// [`scan_early`] tells its caller, which can have the sink start building the file
+/// ([`crate::wire::ToSink::Prefill`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub path: String,
+    /// The file's size as scanned.
+    pub size: u64,
+    pub offset: u64,
+    pub chunks: Vec<ChunkSpec>,
+}
+
+/// Files this long are told segment by segment ([`scan_early`]): a sink can copy several
+/// hundred MB of a checkpoint while the rest is read. One segment arrives all at once.
+fn early_worthy(size: u64, chunker: &Chunker) -> bool {
+    size > chunker.segment
+}
+
+/// The segments of one file for [`scan_early`]'s `early`, from the first one found to differ
+/// from the file's old chunk list on (those found alike before it are held until then): a
+/// file only touched tells nothing, so the sink copies nothing it will not use.
+struct EarlyFile<'a> {
+    path: &'a str,
+    size: u64,
+    /// The old chunk list and where each of its chunks starts.
+    old: &'a [ChunkSpec],
+    old_starts: Vec<u64>,
+    /// Whether a segment differed, and the ones held until one does.
+    state: Mutex<(bool, Vec<Segment>)>,
+    early: &'a (dyn Fn(Segment) + Sync),
+}
+
+impl<'a> EarlyFile<'a> {
+    fn new(
+        path: &'a str,
+        size: u64,
+        old: &'a [ChunkSpec],
+        early: &'a (dyn Fn(Segment) + Sync),
+    ) -> Self {
+        let old_starts = old
+            .iter()
+            .scan(0u64, |off, c| {
+                let at = *off;
+                *off += c.len as u64;
+                Some(at)
+            })
+            .collect();
+        EarlyFile {
+            path,
+            size,
+            old,
+            old_starts,
+            state: Mutex::new((false, Vec::new())),
+            early,
+        }
+    }
+
+    /// Whether `chunks` (one segment) are the old list's chunks over the same bytes.
+    fn alike(&self, chunks: &[ChunkRef]) -> bool {
+        let Some(first) = chunks.first() else {
+            return true;
+        };
+        let Ok(i) = self.old_starts.binary_search(&first.offset) else {
+            return false;
+        };
+        self.old.get(i..i + chunks.len()).is_some_and(|old| {
+            old.iter()
+                .zip(chunks)
+                .all(|(o, c)| o.hash == c.hash && o.len == c.len)
+        }) && {
+            // And the old list has no more chunks in this segment.
+            let end = first.offset + chunks.iter().map(|c| c.len as u64).sum::<u64>();
+            self.old_starts
+                .get(i + chunks.len())
+                .is_none_or(|&s| s >= end)
+        }
+    }
+
+    fn segment(&self, chunks: &[ChunkRef]) {
+        let Some(first) = chunks.first() else {
+            return;
+        };
+        let seg = Segment {
+            path: self.path.to_string(),
+            size: self.size,
+            offset: first.offset,
+            chunks: chunker::specs(chunks),
+        };
+        let alike = self.alike(chunks);
+        let held = {
+            let mut st = self.state.lock().expect("early state lock");
+            if !st.0 && alike {
+                st.1.push(seg);
+                return;
+            }
+            st.0 = true;
+            std::mem::take(&mut st.1)
+        };
+        for s in held {
+            (self.early)(s);
+        }
+        (self.early)(seg);
+    }
+}
+
 type Listed = (StatKey, Vec<ChunkSpec>);
 
 /// What a scan does with a file it listed.
@@ -649,6 +767,19 @@ pub fn scan(
     index: impl FnOnce() -> Option<SourceIndex> + Send,
     chunker: &Chunker,
     progress: &dyn Progress,
+) -> Result<Tree> {
+    scan_early(root, filter, index, chunker, progress, None)
+}
+
+/// [`scan`], telling `early` (from any thread) the segments of long files that changed since
+/// the index, from the first segment that differs on, as they are found.
+pub fn scan_early(
+    root: &Path,
+    filter: &Filter,
+    index: impl FnOnce() -> Option<SourceIndex> + Send,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+    early: Option<&(dyn Fn(Segment) + Sync)>,
 ) -> Result<Tree> {
     let started = now_ns();
     progress.phase("scan", 0);
@@ -752,7 +883,14 @@ pub fn scan(
         .into_par_iter()
         .map(|(k, p, st, was)| {
             let abs = root.join(p);
-            let hashed = rechunk_file(&abs, st, chunker, was).and_then(|chunks| {
+            let read = match early {
+                Some(early) if !was.is_empty() && early_worthy(st.size, chunker) => {
+                    let told = EarlyFile::new(p, st.size, was, early);
+                    rechunk_file_each(&abs, st, chunker, was, &|c| told.segment(c))
+                }
+                _ => rechunk_file(&abs, st, chunker, was),
+            };
+            let hashed = read.and_then(|chunks| {
                 progress.advance(st.size);
                 let st = stat_key(&std::fs::symlink_metadata(&abs).ctx("stat", &abs)?);
                 Ok((st, crate::chunker::specs(&chunks)))

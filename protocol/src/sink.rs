@@ -40,7 +40,7 @@ use crate::paths::{self, check_relative, DirFd, Found, Root, STATE_DIR};
 use crate::scan::{self, stat_of, Progress};
 use crate::wire::{
     Change, ChunkSpec, Entry, EntryKind, FromSink, Hash, Op, SinkIndex, SinkRecord, SinkStats,
-    StatKey, ToSink, PROTOCOL_VERSION,
+    StatKey, ToSink, MAX_PREFILL_CHUNKS, PROTOCOL_VERSION,
 };
 
 /// Entries per `IndexBatch` message.
@@ -225,6 +225,7 @@ pub(crate) fn what(m: &ToSink) -> &'static str {
         ToSink::Warnings { .. } => "Warnings",
         ToSink::Error { .. } => "Error",
         ToSink::Bye => "Bye",
+        ToSink::Prefill { .. } => "Prefill",
     }
 }
 
@@ -472,6 +473,8 @@ pub(crate) struct Sink {
     save_bytes: u64,
     /// Old versions of replaced files, removed in the background.
     trash: Trash,
+    /// Long files being built ahead of their `Upsert`.
+    prefills: Prefills,
     _lock: Option<File>,
 }
 
@@ -575,6 +578,7 @@ impl Sink {
             placed_unsaved: 0,
             save_bytes: SAVE_BYTES,
             trash: Trash::removing_with(cfg.remover),
+            prefills: Prefills::default(),
             _lock: lock,
         })
     }
@@ -631,6 +635,7 @@ impl Sink {
         progress: &dyn Progress,
     ) -> Result<End> {
         let end = self.serve_requests(r, w, progress);
+        self.prefills.discard();
         if self.uncommitted && !self.dry_run {
             let clock = Instant::now();
             match self.save(None) {
@@ -662,6 +667,9 @@ impl Sink {
             if !matches!(msg, ToSink::Bye) {
                 self.ensure_records();
             }
+            if !matches!(msg, ToSink::Prefill { .. }) {
+                self.prefills.finish();
+            }
             match msg {
                 ToSink::ListIndex => {
                     let entries: Vec<Entry> =
@@ -675,6 +683,7 @@ impl Sink {
                     w.flush()?;
                 }
                 ToSink::Ops { ops } if !self.dry_run => {
+                    let ops = self.prefills.expand(ops)?;
                     self.maybe_save()?;
                     self.token = None;
                     self.uncommitted = true;
@@ -693,6 +702,14 @@ impl Sink {
                     w.flush()?;
                 }
                 ToSink::Plan { changes } if self.dry_run => self.take_plan(changes)?,
+                ToSink::Prefill {
+                    path,
+                    size,
+                    offset,
+                    chunks,
+                } if !self.dry_run && self.opts.confine_to.is_none() => {
+                    self.prefill(path, size, offset, &chunks)?
+                }
                 ToSink::Warnings { messages } => {
                     let kept = messages.len().min(MAX_WARNINGS);
                     self.warnings.extend(
@@ -1391,6 +1408,13 @@ impl Sink {
                     self.admit(&path)?;
                     self.unrecord(&path);
                 }
+                Op::UpsertPrefilled { entry } => {
+                    // Made an `Upsert` before the batch (`Prefills::expand`).
+                    return Err(Error::Protocol(format!(
+                        "{}: an upsert of its prefills out of place",
+                        entry.path
+                    )));
+                }
                 Op::Upsert { entry, chunks } => {
                     self.admit(&entry.path)?;
                     self.changes += 1;
@@ -1574,6 +1598,119 @@ impl Sink {
         Ok(())
     }
 
+    /// [`ToSink::Prefill`]: the segment's chunks that the file's recorded version holds are
+    /// copied into its prefill in staging, by the prefill thread. A file without a trusted
+    /// recorded version is left alone; its `Upsert` will build it as usual.
+    fn prefill(
+        &mut self,
+        path: String,
+        size: u64,
+        offset: u64,
+        chunks: &[ChunkSpec],
+    ) -> Result<()> {
+        self.admit(&path)?;
+        let end = chunks.iter().try_fold(offset, |end, c| {
+            let valid = c.len > 0 && c.len as usize <= MAX_CHUNK;
+            valid.then(|| end.checked_add(c.len as u64)).flatten()
+        });
+        if end.is_none_or(|end| end > size) {
+            return Err(Error::Protocol(format!(
+                "{path}: prefill of chunks outside the file"
+            )));
+        }
+        self.prefills.list(&path, size, offset, chunks)?;
+        if self.prefills.ignored.contains(&path) {
+            return Ok(());
+        }
+        if !self.prefills.files.contains_key(&path) {
+            match self.start_prefill(&path)? {
+                Some(p) => self.prefills.files.insert(path.clone(), p),
+                None => {
+                    self.prefills.ignored.insert(path);
+                    return Ok(());
+                }
+            };
+        }
+        let p = &self.prefills.files[&path];
+        // Chunks contiguous in both files are copied in one call.
+        let mut runs: Vec<PrefillRun> = Vec::new();
+        let mut off = offset;
+        for c in chunks {
+            if let Some(&src) = p.old.get(&c.hash) {
+                match runs.last_mut() {
+                    Some(r) if r.src_off + r.len == src && r.dst_off + r.len == off => {
+                        r.len += c.len as u64;
+                        r.chunks.push((off, c.hash, c.len));
+                    }
+                    _ => runs.push(PrefillRun {
+                        src_off: src,
+                        dst_off: off,
+                        len: c.len as u64,
+                        chunks: vec![(off, c.hash, c.len)],
+                    }),
+                }
+            }
+            off += c.len as u64;
+        }
+        let job = PrefillJob {
+            src: p.src.clone(),
+            dst: p.file.try_clone().ctx("open", &p.tmp)?,
+            runs,
+            written: p.written.clone(),
+        };
+        self.prefills.send(job);
+        Ok(())
+    }
+
+    /// The prefill of `path`, if its recorded version can serve one: trusted (unchanged since
+    /// the sink wrote it), its chunk list known, still that version on disk.
+    fn start_prefill(&mut self, path: &str) -> Result<Option<Prefilled>> {
+        self.load_aside();
+        let Some(r) = self.records.get(path).filter(|r| !r.dirty) else {
+            return Ok(None);
+        };
+        if !matches!(r.rec.entry.kind, EntryKind::File { .. }) || r.rec.chunks.is_empty() {
+            return Ok(None);
+        }
+        let stat = r.rec.stat;
+        let src = self.root.existing(path).ok().flatten().and_then(|abs| {
+            let f = File::open(abs).ok()?;
+            let m = f.metadata().ok()?;
+            (m.is_file() && stat_of(&m) == stat).then_some(f)
+        });
+        let Some(src) = src else {
+            return Ok(None);
+        };
+        let mut old = HashMap::with_capacity(r.rec.chunks.len());
+        let mut off = 0u64;
+        for c in &r.rec.chunks {
+            old.entry(c.hash).or_insert(off);
+            off += c.len as u64;
+        }
+        let tmp = self.staging_path(path, "prefill")?;
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).ctx("remove", &tmp);
+            }
+            _ => {}
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .ctx("create", &tmp)?;
+        Ok(Some(Prefilled {
+            tmp,
+            file,
+            stat,
+            src: Arc::new(src),
+            old,
+            written: Arc::default(),
+        }))
+    }
+
     /// Where `path` is built: in the staging directory, created when first needed.
     fn staging_path(&mut self, path: &str, tag: &str) -> Result<PathBuf> {
         if !self.staging_ready {
@@ -1653,40 +1790,56 @@ impl Sink {
         }
         let tmp = self.staging_path(&entry.path, &hex(&digest[..8]))?;
         let mut filled = HashSet::new();
-        let file = match fs::symlink_metadata(&tmp) {
-            Ok(m) if m.is_file() => {
-                // An interrupted earlier run: keep every chunk that verifies.
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&tmp)
-                    .ctx("open", &tmp)?;
-                let have_len = m.len();
-                let mut off = 0u64;
-                let mut buf = Vec::new();
-                for c in &chunks {
-                    if off + c.len as u64 <= have_len {
-                        buf.resize(c.len as usize, 0);
-                        f.read_exact_at(&mut buf, off).ctx("read", &tmp)?;
-                        if chunker::hash(&buf) == c.hash {
-                            filled.insert(off);
-                        }
-                    }
-                    off += c.len as u64;
+        let prefilled = self.prefills.take(&entry.path, &self.root);
+        let file = if let Some(p) = prefilled {
+            // Built ahead from its prefills: keep the chunks they wrote where this list has
+            // them. The name says which content a staged file was for.
+            fs::rename(&p.tmp, &tmp).ctx("rename", &p.tmp)?;
+            let mut off = 0u64;
+            for c in &chunks {
+                if p.written.get(&off) == Some(&(c.hash, c.len)) {
+                    filled.insert(off);
+                    self.stats.bytes_copied_locally += c.len as u64;
                 }
-                f
+                off += c.len as u64;
             }
-            other => {
-                if other.is_ok() {
-                    fs::remove_file(&tmp).ctx("remove", &tmp)?;
+            p.file
+        } else {
+            match fs::symlink_metadata(&tmp) {
+                Ok(m) if m.is_file() => {
+                    // An interrupted earlier run: keep every chunk that verifies.
+                    let f = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&tmp)
+                        .ctx("open", &tmp)?;
+                    let have_len = m.len();
+                    let mut off = 0u64;
+                    let mut buf = Vec::new();
+                    for c in &chunks {
+                        if off + c.len as u64 <= have_len {
+                            buf.resize(c.len as usize, 0);
+                            f.read_exact_at(&mut buf, off).ctx("read", &tmp)?;
+                            if chunker::hash(&buf) == c.hash {
+                                filled.insert(off);
+                            }
+                        }
+                        off += c.len as u64;
+                    }
+                    f
                 }
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .ctx("create", &tmp)?
+                other => {
+                    if other.is_ok() {
+                        fs::remove_file(&tmp).ctx("remove", &tmp)?;
+                    }
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&tmp)
+                        .ctx("create", &tmp)?
+                }
             }
         };
         file.set_len(size).ctx("allocate", &tmp)?;
@@ -1979,6 +2132,212 @@ impl Sink {
             }
         }
         Ok(token)
+    }
+}
+
+/// Long files built ahead of their `Upsert` ([`ToSink::Prefill`]): while the source still
+/// reads a changed checkpoint, the chunks its recorded version holds are copied into a staged
+/// file by a thread of their own. The `Upsert` keeps only what was written exactly where its
+/// chunk list has it, and only if the recorded version is still the one copied from; what is
+/// never claimed is removed when the session ends.
+#[derive(Default)]
+struct Prefills {
+    /// Each file's size and chunk lists told, by offset (the last told for an offset counts).
+    lists: HashMap<String, (u64, BTreeMap<u64, Vec<ChunkSpec>>)>,
+    /// Chunks listed in all ([`MAX_PREFILL_CHUNKS`]).
+    listed: usize,
+    files: HashMap<String, Prefilled>,
+    /// Paths that cannot be prefilled (no trusted recorded version).
+    ignored: HashSet<String>,
+    jobs: Option<std::sync::mpsc::Sender<PrefillJob>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Prefilled {
+    tmp: PathBuf,
+    file: File,
+    /// The recorded version copied from, open, and the `stat` it was trusted at.
+    stat: StatKey,
+    src: Arc<File>,
+    /// Where each chunk of the recorded version starts.
+    old: HashMap<Hash, u64>,
+    /// What the copies wrote: chunk start -> (hash, length).
+    written: Arc<Mutex<HashMap<u64, (Hash, u32)>>>,
+}
+
+/// Chunks contiguous in both files, copied in one call.
+struct PrefillRun {
+    src_off: u64,
+    dst_off: u64,
+    len: u64,
+    chunks: Vec<(u64, Hash, u32)>,
+}
+
+struct PrefillJob {
+    src: Arc<File>,
+    dst: File,
+    runs: Vec<PrefillRun>,
+    written: Arc<Mutex<HashMap<u64, (Hash, u32)>>>,
+}
+
+/// A prefill claimed by its file's `Upsert`.
+struct Claimed {
+    tmp: PathBuf,
+    file: File,
+    written: HashMap<u64, (Hash, u32)>,
+}
+
+impl Prefills {
+    /// Keep the chunks a prefill lists at `offset` of `path`, a file of `size` bytes.
+    fn list(&mut self, path: &str, size: u64, offset: u64, chunks: &[ChunkSpec]) -> Result<()> {
+        self.listed += chunks.len();
+        if self.listed > MAX_PREFILL_CHUNKS {
+            return Err(Error::Protocol(format!(
+                "prefills list more than {MAX_PREFILL_CHUNKS} chunks"
+            )));
+        }
+        let (sized, segs) = self
+            .lists
+            .entry(path.to_string())
+            .or_insert_with(|| (size, BTreeMap::new()));
+        if *sized != size {
+            return Err(Error::Protocol(format!(
+                "{path}: prefills for two sizes of the file"
+            )));
+        }
+        segs.insert(offset, chunks.to_vec());
+        Ok(())
+    }
+
+    /// `ops` with each [`Op::UpsertPrefilled`] an `Upsert` of the chunks its prefills listed,
+    /// which must cover the file end to end (its digest is checked as any list's).
+    fn expand(&mut self, ops: Vec<Op>) -> Result<Vec<Op>> {
+        ops.into_iter()
+            .map(|op| match op {
+                Op::UpsertPrefilled { entry } => {
+                    let chunks = self.lists.remove(&entry.path).and_then(|(size, segs)| {
+                        let mut all: Vec<ChunkSpec> = Vec::new();
+                        let mut end = 0u64;
+                        for (offset, seg) in segs {
+                            if offset != end {
+                                return None;
+                            }
+                            end += seg.iter().map(|c| u64::from(c.len)).sum::<u64>();
+                            all.extend(seg);
+                        }
+                        (end == size).then_some(all)
+                    });
+                    let chunks = chunks.ok_or_else(|| {
+                        Error::Protocol(format!(
+                            "{}: its prefills do not cover the file",
+                            entry.path
+                        ))
+                    })?;
+                    Ok(Op::Upsert {
+                        entry,
+                        chunks: Some(chunks),
+                    })
+                }
+                op => Ok(op),
+            })
+            .collect()
+    }
+
+    /// Queue `job` for the prefill thread, started by the first.
+    fn send(&mut self, job: PrefillJob) {
+        if self.jobs.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<PrefillJob>();
+            let worker = std::thread::Builder::new()
+                .name("prefill".into())
+                .spawn(move || prefill_copies(rx));
+            match worker {
+                Ok(w) => {
+                    self.worker = Some(w);
+                    self.jobs = Some(tx);
+                }
+                Err(e) => {
+                    log::debug!("sink: no prefill thread: {e}");
+                    return;
+                }
+            }
+        }
+        if let Some(tx) = &self.jobs {
+            let _ = tx.send(job);
+        }
+    }
+
+    /// Wait for the copies queued so far.
+    fn finish(&mut self) {
+        self.jobs = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+
+    /// The prefill of `path` for its `Upsert`, once every copy is done; `None` (and the file
+    /// removed) if there is none or its recorded version changed since.
+    fn take(&mut self, path: &str, root: &Root) -> Option<Claimed> {
+        self.finish();
+        let p = self.files.remove(path)?;
+        let unchanged = root
+            .existing(path)
+            .ok()
+            .flatten()
+            .and_then(|abs| fs::symlink_metadata(abs).ok())
+            .is_some_and(|m| m.is_file() && stat_of(&m) == p.stat);
+        if !unchanged {
+            log::debug!("sink: {path} changed while prefilled; building it anew");
+            drop(p.file);
+            let _ = fs::remove_file(&p.tmp);
+            return None;
+        }
+        let written = std::mem::take(&mut *p.written.lock().expect("prefill lock"));
+        Some(Claimed {
+            tmp: p.tmp,
+            file: p.file,
+            written,
+        })
+    }
+
+    /// Remove the prefills no `Upsert` claimed.
+    fn discard(&mut self) {
+        self.finish();
+        for (_, p) in self.files.drain() {
+            drop(p.file);
+            let _ = fs::remove_file(&p.tmp);
+        }
+    }
+}
+
+/// The prefill thread: run the queued copies, recording what each wrote. After an error (a
+/// full disk, say) the rest is skipped: the `Upsert`s copy or fetch it and report the error.
+fn prefill_copies(jobs: std::sync::mpsc::Receiver<PrefillJob>) {
+    let mut clock = None;
+    let mut bytes = 0u64;
+    let mut failed = false;
+    for job in jobs {
+        let clock = clock.get_or_insert_with(Instant::now);
+        for run in job.runs {
+            if failed {
+                break;
+            }
+            match copy_range(&job.src, run.src_off, &job.dst, run.dst_off, run.len) {
+                Ok(true) => {
+                    bytes += run.len;
+                    let mut w = job.written.lock().expect("prefill lock");
+                    w.extend(run.chunks.into_iter().map(|(o, h, l)| (o, (h, l))));
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    log::debug!("sink: prefill stopped: {e}");
+                    failed = true;
+                }
+            }
+        }
+        log::trace!("sink: prefilled {bytes} bytes in {:.0?}", clock.elapsed());
+    }
+    if let Some(c) = clock {
+        log::debug!("sink: {bytes} bytes prefilled in {:.0?}", c.elapsed());
     }
 }
 

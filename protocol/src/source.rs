@@ -2,7 +2,7 @@
 //! runs it over the project for an upload; `mtr-agent send` over one remote path for a
 //! download ([`crate::get`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -19,8 +19,8 @@ use crate::index;
 use crate::manifest::{self, diff, Manifest};
 use crate::scan::{self, Filter, Progress};
 use crate::wire::{
-    Entry, EntryKind, FromSink, Hash, Op, SinkStats, SourceIndex, SyncState, ToSink,
-    PROTOCOL_VERSION,
+    ChunkSpec, Entry, EntryKind, FromSink, Hash, Op, SinkStats, SourceIndex, SyncState, ToSink,
+    MAX_PREFILL_CHUNKS, PROTOCOL_VERSION,
 };
 
 /// What the peer said in its greeting. From a sink (`HelloAck`), all of it; from a download's
@@ -203,7 +203,7 @@ pub fn sync<R: Read, W: Write>(
     progress: &dyn Progress,
 ) -> Result<Report> {
     let local = scan_local(cfg, progress)?;
-    sync_scanned(r, w, ack, cfg, &local, progress)
+    sync_scanned(r, w, ack, cfg, &local, &Prefills::default(), progress)
 }
 
 /// The local tree, scanned (and its index saved) by [`scan_local`], ready for
@@ -212,8 +212,19 @@ pub struct LocalTree(Scanned);
 
 /// The first half of [`sync`]: scan the local tree (hashing what changed since the index).
 pub fn scan_local(cfg: &SourceConfig, progress: &dyn Progress) -> Result<LocalTree> {
+    scan_local_early(cfg, progress, None)
+}
+
+/// [`scan_local`], telling `early` the segments of long files that changed as they are found
+/// ([`scan::scan_early`]): a session already up can pass them on with [`prefill`] so the
+/// sink starts building those files while the rest is read.
+pub fn scan_local_early(
+    cfg: &SourceConfig,
+    progress: &dyn Progress,
+    early: Option<&(dyn Fn(scan::Segment) + Sync)>,
+) -> Result<LocalTree> {
     let load = || index::load::<SourceIndex>(&cfg.index_path);
-    let tree = scan::scan(cfg.root, cfg.filter, load, &cfg.chunker, progress)?;
+    let tree = scan::scan_early(cfg.root, cfg.filter, load, &cfg.chunker, progress, early)?;
     if !cfg.dry_run && tree.index_outdated {
         index::save(&cfg.index_path, &tree.index())?;
     }
@@ -226,13 +237,95 @@ pub fn scan_local(cfg: &SourceConfig, progress: &dyn Progress) -> Result<LocalTr
     }))
 }
 
-/// The second half of [`sync`]: bring the sink up to date with a scanned tree.
+/// The segments of long changed files told to the sink before the first batch, so it starts
+/// building them from what it holds ([`ToSink::Prefill`]) while the scan goes on. A file
+/// whose chunk list they make up exactly then goes in its batch as [`Op::UpsertPrefilled`],
+/// without the list. Dry runs send none.
+#[derive(Default)]
+pub struct Prefills {
+    /// Each file's size and the segments sent, by offset (the last sent for an offset counts,
+    /// as on the sink).
+    files: HashMap<String, (u64, BTreeMap<u64, Vec<ChunkSpec>>)>,
+    /// Files with a segment not sent ([`MAX_PREFILL_CHUNKS`]): they go with their lists.
+    partial: HashSet<String>,
+    chunks: usize,
+}
+
+impl Prefills {
+    /// Send one segment the scan found ([`scan_local_early`]).
+    pub fn send<W: Write>(&mut self, w: &mut FrameWriter<W>, seg: scan::Segment) -> Result<()> {
+        let scan::Segment {
+            path,
+            size,
+            offset,
+            chunks,
+        } = seg;
+        let sized = self.files.get(&path).is_none_or(|(s, _)| *s == size);
+        if !sized || self.chunks + chunks.len() > MAX_PREFILL_CHUNKS {
+            self.partial.insert(path);
+            return Ok(());
+        }
+        self.chunks += chunks.len();
+        w.msg(&ToSink::Prefill {
+            path: path.clone(),
+            size,
+            offset,
+            chunks: chunks.clone(),
+        })?;
+        w.flush()?;
+        self.files
+            .entry(path)
+            .or_insert_with(|| (size, BTreeMap::new()))
+            .1
+            .insert(offset, chunks);
+        Ok(())
+    }
+
+    /// `op` as sent: the upsert of a file its prefills list exactly goes without its list.
+    fn shorten(&self, op: Op) -> Op {
+        match op {
+            Op::Upsert {
+                entry,
+                chunks: Some(chunks),
+            } if self.cover(&entry.path, &chunks) => Op::UpsertPrefilled { entry },
+            op => op,
+        }
+    }
+
+    /// Whether the segments sent for `path` make up `chunks`, end to end.
+    fn cover(&self, path: &str, chunks: &[ChunkSpec]) -> bool {
+        let Some((size, segs)) = self.files.get(path) else {
+            return false;
+        };
+        if self.partial.contains(path) {
+            return false;
+        }
+        let mut listed = chunks.iter();
+        let mut end = 0u64;
+        for (&offset, seg) in segs {
+            if offset != end {
+                return false;
+            }
+            for c in seg {
+                if listed.next() != Some(c) {
+                    return false;
+                }
+                end += u64::from(c.len);
+            }
+        }
+        listed.next().is_none() && end == *size
+    }
+}
+
+/// The second half of [`sync`]: bring the sink up to date with a scanned tree, after the
+/// `prefills` sent while it was scanned.
 pub fn sync_scanned<R: Read, W: Write>(
     r: &mut FrameReader<R>,
     w: &mut FrameWriter<W>,
     ack: &Ack,
     cfg: &SourceConfig,
     local: &LocalTree,
+    prefills: &Prefills,
     progress: &dyn Progress,
 ) -> Result<Report> {
     let job = Push {
@@ -241,6 +334,7 @@ pub fn sync_scanned<R: Read, W: Write>(
         state_path: &cfg.state_path,
         dry_run: cfg.dry_run,
         pipeline: cfg.pipeline,
+        prefills,
     };
     push(r, w, ack, &job, progress)
 }
@@ -288,6 +382,8 @@ pub(crate) struct Push<'a> {
     /// Compute the plan only.
     pub dry_run: bool,
     pub pipeline: Pipeline,
+    /// What was told to the sink before the first batch.
+    pub prefills: &'a Prefills,
 }
 
 /// Bring the sink up to date with a scanned tree: diff it against what the sink holds (the
@@ -306,6 +402,7 @@ pub(crate) fn push<R: Read, W: Write>(
         state_path,
         dry_run,
         pipeline,
+        prefills,
     } = *job;
     let tree = &scanned.tree;
     let mut report = Report {
@@ -480,7 +577,8 @@ pub(crate) fn push<R: Read, W: Write>(
                 _ => None,
             })
             .sum();
-        w.msg(&ToSink::Ops { ops: batch })?;
+        let ops = batch.into_iter().map(|op| prefills.shorten(op)).collect();
+        w.msg(&ToSink::Ops { ops })?;
         w.flush()?;
         let mut sent_raw = 0u64;
         let mut reply = expect(r, "ops")?;
@@ -769,4 +867,73 @@ fn prepare_window(
 pub fn bye<W: Write>(w: &mut FrameWriter<W>) -> Result<()> {
     w.msg(&ToSink::Bye)?;
     w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(i: u8, len: u32) -> ChunkSpec {
+        ChunkSpec { hash: [i; 32], len }
+    }
+
+    fn upsert(path: &str, chunks: Vec<ChunkSpec>) -> Op {
+        Op::Upsert {
+            entry: Entry {
+                path: path.into(),
+                kind: EntryKind::File {
+                    size: chunks.iter().map(|c| u64::from(c.len)).sum(),
+                    mode: 0o644,
+                    mtime_ns: 0,
+                    digest: crate::chunker::file_digest(&chunks),
+                },
+            },
+            chunks: Some(chunks),
+        }
+    }
+
+    /// A file's upsert goes without its list only when the prefills sent for it make the list
+    /// up end to end (in any order, the last sent for an offset counting, as on the sink).
+    #[test]
+    fn an_upsert_goes_without_its_list_only_when_its_prefills_make_it_up() {
+        let seg = |path: &str, size, offset, chunks| scan::Segment {
+            path: path.into(),
+            size,
+            offset,
+            chunks,
+        };
+        let mut w = FrameWriter::new(Vec::new());
+        let mut p = Prefills::default();
+        p.send(&mut w, seg("a", 300, 200, vec![spec(3, 100)]))
+            .unwrap();
+        p.send(&mut w, seg("a", 300, 0, vec![spec(1, 100), spec(9, 100)]))
+            .unwrap();
+        p.send(&mut w, seg("a", 300, 0, vec![spec(1, 100), spec(2, 100)]))
+            .unwrap();
+        let full = vec![spec(1, 100), spec(2, 100), spec(3, 100)];
+        assert!(matches!(
+            p.shorten(upsert("a", full.clone())),
+            Op::UpsertPrefilled { entry } if entry.path == "a"
+        ));
+        let other = vec![spec(1, 100), spec(2, 100), spec(4, 100)];
+        assert_eq!(p.shorten(upsert("a", other.clone())), upsert("a", other));
+        // A segment missing, or one told for another size: the list goes.
+        p.send(&mut w, seg("b", 300, 0, vec![spec(1, 100), spec(2, 100)]))
+            .unwrap();
+        assert_eq!(
+            p.shorten(upsert("b", full.clone())),
+            upsert("b", full.clone())
+        );
+        p.send(&mut w, seg("c", 300, 0, vec![spec(1, 100), spec(2, 100)]))
+            .unwrap();
+        p.send(&mut w, seg("c", 301, 200, vec![spec(3, 100)]))
+            .unwrap();
+        assert_eq!(
+            p.shorten(upsert("c", full.clone())),
+            upsert("c", full.clone())
+        );
+        // Other ops pass as they are.
+        let delete = Op::Delete { path: "a".into() };
+        assert_eq!(p.shorten(delete.clone()), delete);
+    }
 }

@@ -1,6 +1,9 @@
 //! Every type that crosses a process boundary: protocol messages and the persisted index and
 //! state files. Nothing outside this module derives `Serialize`/`Deserialize`. Changing any type
-//! here changes the format: bump [`PROTOCOL_VERSION`].
+//! here changes the format: bump [`PROTOCOL_VERSION`]. The one exception is a message variant
+//! added at the end of its enum, which leaves every other encoding as it was: mtr always runs
+//! the agent it carries (installed under its build's hash), so both ends know the new variant,
+//! and the persisted formats, which the version also guards, stay valid.
 //!
 //! Persisted types also derive bincode's own `Encode`/`Decode`, which write and read the same
 //! bytes as the serde path (tested below) but take a hash's 32 bytes in one call instead of
@@ -78,7 +81,15 @@ pub enum Op {
     /// Stop tracking a path the sink wrote earlier without touching it (it became excluded:
     /// excluded paths are neither sent nor deleted).
     Forget { path: String },
+    /// An `Upsert` of a file whose chunk list is what its [`ToSink::Prefill`]s listed, in
+    /// order of offset (the last prefill sent for an offset counting): a long file that
+    /// changed does not send its list twice.
+    UpsertPrefilled { entry: Entry },
 }
+
+/// Chunks a session's prefills may list in all (~64 GB of files; their lists cost the sink
+/// ~36 MB): the source sends no more, and a sink refuses more.
+pub const MAX_PREFILL_CHUNKS: usize = 1 << 20;
 
 /// Source → sink messages.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -109,6 +120,17 @@ pub enum ToSink {
     Error { message: String },
     /// End of session.
     Bye,
+    /// Before the first `Ops`, while the source is still reading: the chunks of one segment of
+    /// a long file that changed (`size` bytes now), starting at `offset`. The sink may start
+    /// building the file's new version from the chunks its recorded version holds; the file's
+    /// `Upsert` later says what it is, and only what a prefill wrote exactly as listed there
+    /// is kept.
+    Prefill {
+        path: String,
+        size: u64,
+        offset: u64,
+        chunks: Vec<ChunkSpec>,
+    },
 }
 
 /// One line of a sync plan.

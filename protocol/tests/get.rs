@@ -453,9 +453,9 @@ fn a_missing_remote_path_is_an_error_naming_it() {
     s.assert_only(&[]);
 }
 
-/// A source that follows the handshake, then sends `ops` (serving the chunks asked for from
-/// `data`) and returns the sink's error message.
-fn hostile(dest: &Path, state: &Path, ops: Vec<Op>, data: &[u8]) -> String {
+/// A source that follows the handshake, then sends `first` (`Ops`, serving the chunks asked for
+/// from `data`) and returns the sink's error message.
+fn hostile(dest: &Path, state: &Path, first: ToSink, data: &[u8]) -> String {
     let (a, b) = UnixStream::pair().unwrap();
     let cfg = ReceiveConfig {
         dest: dest.to_path_buf(),
@@ -489,7 +489,7 @@ fn hostile(dest: &Path, state: &Path, ops: Vec<Op>, data: &[u8]) -> String {
         FromSink::HelloAck { .. }
     ));
     let chunks = Chunker::default().chunk(data);
-    w.msg(&ToSink::Ops { ops }).unwrap();
+    w.msg(&first).unwrap();
     w.flush().unwrap();
     let said = loop {
         match r.msg::<FromSink>() {
@@ -600,16 +600,27 @@ fn a_hostile_source_cannot_write_outside_the_destination() {
     ];
     for (ops, expected) in cases {
         let what = format!("{ops:?}");
-        let msg = hostile(&dest, state.path(), ops, evil);
+        let msg = hostile(&dest, state.path(), ToSink::Ops { ops }, evil);
         assert!(msg.contains(expected), "{what}: {msg}");
     }
+    // An upload's prefill has no place in a download.
+    let prefill = ToSink::Prefill {
+        path: "out/big".into(),
+        size: 1 << 20,
+        offset: 0,
+        chunks: Vec::new(),
+    };
+    let msg = hostile(&dest, state.path(), prefill, evil);
+    assert!(msg.contains("unexpected Prefill"), "{msg}");
     // A link of the user's own, in the destination, is never written through either.
     fs::create_dir_all(&dest).unwrap();
     symlink(outside.path(), dest.join("mine")).unwrap();
     let msg = hostile(
         &dest,
         state.path(),
-        vec![file_op("out/mine/pwned", evil)],
+        ToSink::Ops {
+            ops: vec![file_op("out/mine/pwned", evil)],
+        },
         evil,
     );
     assert!(msg.contains("symlink"), "{msg}");

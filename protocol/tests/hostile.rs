@@ -1143,3 +1143,136 @@ fn hostile_frames_in_a_process_of_their_own() {
     );
     place.assert_clean(&["text.txt"], "hostile sessions");
 }
+
+/// `Prefill` (an upload's word that a long file is changing, sent while mtr still reads it) is
+/// checked like an op: an unsafe path, or chunks past the file's size, are refused.
+#[test]
+fn prefills_outside_the_root_or_their_file_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let data = noise(1 << 20, 51);
+    let (_, c) = file_entry("a.bin", &data);
+    let size = data.len() as u64;
+    for (path, size, offset, what) in [
+        ("../a.bin", size, 0, "unsafe path"),
+        ("a.bin", size - 1, 0, "outside the file"),
+        ("a.bin", size, u64::MAX - 10, "outside the file"),
+    ] {
+        let mut p = connect(root.path());
+        p.w.msg(&ToSink::Prefill {
+            path: path.into(),
+            size,
+            offset,
+            chunks: c.clone(),
+        })
+        .unwrap();
+        p.w.flush().unwrap();
+        let msg = sink_error(p);
+        assert!(msg.contains(what), "{path} at {offset}: {msg}");
+    }
+    assert_eq!(names(root.path()), [".mtr-sync"]);
+}
+
+/// A prefill only ever starts a staged file: the file's `Upsert` decides its content (a
+/// prefill that lied about where the chunks go keeps none of its lies), and one that no
+/// `Upsert` claims is removed with the session, the file untouched.
+#[test]
+fn prefills_never_decide_a_file_and_leave_nothing_unclaimed() {
+    let root = tempfile::tempdir().unwrap();
+    let old = noise(3 << 20, 52);
+    let (e, c) = file_entry("ckpt.bin", &old);
+    let mut p = connect(root.path());
+    run_batch(
+        &mut p,
+        vec![Op::Upsert {
+            entry: e,
+            chunks: Some(c.clone()),
+        }],
+        &old,
+        &c,
+    );
+    commit_and_leave(p);
+    let staging = root.path().join(".mtr-sync/staging");
+    let staged = || fs::read_dir(&staging).map_or(0, |rd| rd.count());
+    let prefill = |chunks: Vec<ChunkSpec>| ToSink::Prefill {
+        path: "ckpt.bin".into(),
+        size: old.len() as u64,
+        offset: 0,
+        chunks,
+    };
+
+    // Told, then committed with no upsert.
+    let mut p = connect(root.path());
+    p.w.msg(&prefill(c.clone())).unwrap();
+    commit_and_leave(p);
+    assert_eq!(staged(), 0);
+    assert!(fs::read(root.path().join("ckpt.bin")).unwrap() == old);
+
+    // Told the old chunks in reverse order, then sent the file with its head changed.
+    let mut new = old.clone();
+    new[..1000].fill(7);
+    let (e, nc) = file_entry("ckpt.bin", &new);
+    let mut p = connect(root.path());
+    p.w.msg(&prefill(c.iter().rev().cloned().collect()))
+        .unwrap();
+    let rounds = run_batch(
+        &mut p,
+        vec![Op::Upsert {
+            entry: e,
+            chunks: Some(nc.clone()),
+        }],
+        &new,
+        &nc,
+    );
+    commit_and_leave(p);
+    assert!(rounds[0] <= 2, "only the changed head travels: {rounds:?}");
+    assert!(fs::read(root.path().join("ckpt.bin")).unwrap() == new);
+    assert_eq!(staged(), 0);
+}
+
+/// `UpsertPrefilled` builds a file from the chunk lists its prefills told, checked like any
+/// list: prefills that do not cover the file end to end, or a list that is not the file's
+/// (its size and digest), are refused; prefills told in parts, in any order, build it.
+#[test]
+fn an_upsert_of_prefills_needs_prefills_that_make_up_the_file() {
+    let root = tempfile::tempdir().unwrap();
+    let data = noise(1 << 20, 53);
+    let (e, c) = file_entry("f.bin", &data);
+    let half = c.len() / 2;
+    let mid: u64 = c[..half].iter().map(|c| u64::from(c.len)).sum();
+    let tell = |p: &mut Peer, offset: u64, chunks: &[ChunkSpec]| {
+        p.w.msg(&ToSink::Prefill {
+            path: "f.bin".into(),
+            size: data.len() as u64,
+            offset,
+            chunks: chunks.to_vec(),
+        })
+        .unwrap();
+    };
+    let upsert = || Op::UpsertPrefilled { entry: e.clone() };
+    let refused = |tell_first: &dyn Fn(&mut Peer)| {
+        let mut p = connect(root.path());
+        tell_first(&mut p);
+        p.w.msg(&ToSink::Ops {
+            ops: vec![upsert()],
+        })
+        .unwrap();
+        p.w.flush().unwrap();
+        sink_error(p)
+    };
+    let msg = refused(&|_| {});
+    assert!(msg.contains("do not cover"), "{msg}");
+    let msg = refused(&|p| tell(p, mid, &c[half..]));
+    assert!(msg.contains("do not cover"), "{msg}");
+    let mut swapped = c.clone();
+    swapped.swap(0, 1);
+    let msg = refused(&|p| tell(p, 0, &swapped));
+    assert!(msg.contains("does not match its size or digest"), "{msg}");
+    assert!(!root.path().join("f.bin").exists());
+
+    let mut p = connect(root.path());
+    tell(&mut p, mid, &c[half..]);
+    tell(&mut p, 0, &c[..half]);
+    run_batch(&mut p, vec![upsert()], &data, &c);
+    commit_and_leave(p);
+    assert!(fs::read(root.path().join("f.bin")).unwrap() == data);
+}

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use protocol::chunker::Chunker;
 use protocol::codec::{FrameReader, FrameWriter};
-use protocol::scan::{Filter, NoProgress, ScanOptions};
+use protocol::scan::{Filter, NoProgress, ScanOptions, Segment};
 use protocol::source::{self, Pipeline, Report, SourceConfig};
 
 const VERSION: &str = "test";
@@ -20,6 +20,13 @@ struct Pair {
     state: tempfile::TempDir,
     excludes: Vec<String>,
     pipeline: Pipeline,
+    chunker: Chunker,
+    /// Scan first and send the segments of long changed files as prefills (as mtr does while
+    /// the scan runs), then sync; `between` runs after the prefills were sent.
+    prefill: bool,
+    between: Option<Box<dyn Fn()>>,
+    /// The segments sent as prefills by the last sync.
+    prefilled: std::sync::Mutex<Vec<Segment>>,
 }
 
 impl Pair {
@@ -30,6 +37,10 @@ impl Pair {
             state: tempfile::tempdir().unwrap(),
             excludes: Vec::new(),
             pipeline: Pipeline::default(),
+            chunker: Chunker::default(),
+            prefill: false,
+            between: None,
+            prefilled: Default::default(),
         }
     }
     fn src(&self) -> &Path {
@@ -59,13 +70,32 @@ impl Pair {
         let cfg = SourceConfig {
             root: self.src(),
             filter: &filter,
-            chunker: Chunker::default(),
+            chunker: self.chunker,
             index_path: self.state.path().join("index"),
             state_path: self.state.path().join("state"),
             dry_run,
             pipeline: self.pipeline,
         };
-        let report = source::sync(&mut r, &mut w, &ack, &cfg, &NoProgress);
+        let report = if self.prefill {
+            let found = std::sync::Mutex::new(Vec::new());
+            let local = source::scan_local_early(
+                &cfg,
+                &NoProgress,
+                Some(&|seg| found.lock().unwrap().push(seg)),
+            )?;
+            let found = found.into_inner().unwrap();
+            let mut prefills = source::Prefills::default();
+            for seg in &found {
+                prefills.send(&mut w, seg.clone())?;
+            }
+            *self.prefilled.lock().unwrap() = found;
+            if let Some(between) = &self.between {
+                between();
+            }
+            source::sync_scanned(&mut r, &mut w, &ack, &cfg, &local, &prefills, &NoProgress)
+        } else {
+            source::sync(&mut r, &mut w, &ack, &cfg, &NoProgress)
+        };
         let _ = source::bye(&mut w);
         drop(w);
         let sink_result = sink.join().unwrap();
@@ -732,4 +762,103 @@ fn changes_on_the_sink_are_found_at_every_depth() {
         "four"
     );
     assert!(p.sync().no_op);
+}
+
+/// Whether a file named `*-prefill` shows up in `staging` within 10 s.
+fn prefill_seen(staging: &Path) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let named = |de: fs::DirEntry| de.file_name().to_string_lossy().ends_with("-prefill");
+        if fs::read_dir(staging).is_ok_and(|mut rd| rd.any(|de| de.is_ok_and(named))) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    false
+}
+
+/// A long file changed near its head is built on the sink from the prefills sent while the
+/// scan ran: every segment is told once the first differs, the sink copies them from the
+/// version it holds, and only the changed chunks travel. A file only touched sends none; one
+/// changed on the sink meanwhile is rebuilt right; no staged file is left behind.
+#[test]
+fn long_changed_files_are_built_ahead_from_their_prefills() {
+    let mut p = Pair::new();
+    p.chunker = Chunker {
+        segment: 1 << 20,
+        ..Chunker::default()
+    };
+    p.prefill = true;
+    let staging = p.dst().join(".mtr-sync/staging");
+    let left = staging.clone();
+    let leftovers = move || fs::read_dir(&left).map_or(0, |rd| rd.count());
+    let mut big = Rng(31).bytes(6 << 20);
+    fs::write(p.src().join("big.bin"), &big).unwrap();
+    fs::write(p.src().join("small.txt"), "small").unwrap();
+    p.sync();
+    assert!(
+        p.prefilled.lock().unwrap().is_empty(),
+        "no old version to build from on first contact"
+    );
+
+    // 100 bytes inserted near the head: all 7 segments are told.
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (seen2, staging2) = (seen.clone(), staging.clone());
+    p.between = Some(Box::new(move || {
+        seen2.store(prefill_seen(&staging2), std::sync::atomic::Ordering::SeqCst)
+    }));
+    big.splice(100..100, Rng(32).bytes(100));
+    fs::write(p.src().join("big.bin"), &big).unwrap();
+    let r = p.sync();
+    let segs = p.prefilled.lock().unwrap().clone();
+    let mut offsets: Vec<u64> = segs.iter().map(|s| s.offset).collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..7).map(|i| i << 20).collect::<Vec<u64>>());
+    let told: u64 = segs
+        .iter()
+        .flat_map(|s| &s.chunks)
+        .map(|c| c.len as u64)
+        .sum();
+    assert_eq!(told, big.len() as u64);
+    assert!(segs
+        .iter()
+        .all(|s| s.path == "big.bin" && s.size == big.len() as u64));
+    assert!(
+        seen.load(std::sync::atomic::Ordering::SeqCst),
+        "no prefill was started"
+    );
+    assert!(r.raw_bytes_sent < 1 << 20, "{}", r.raw_bytes_sent);
+    assert!(
+        r.sink.bytes_copied_locally > 5 << 20,
+        "{}",
+        r.sink.bytes_copied_locally
+    );
+    assert_eq!(leftovers(), 0, "the prefill became the file");
+
+    // Touched, same content: nothing told, nothing staged.
+    let f = fs::File::options()
+        .write(true)
+        .open(p.src().join("big.bin"))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    p.between = None;
+    let r = p.sync();
+    assert!(p.prefilled.lock().unwrap().is_empty());
+    assert_eq!(r.raw_bytes_sent, 0);
+    assert_eq!(leftovers(), 0);
+
+    // The sink's copy changes after the prefills started: the file is still the source's.
+    big.splice(5000..5000, Rng(33).bytes(10));
+    fs::write(p.src().join("big.bin"), &big).unwrap();
+    let (seen2, staging2, theirs) = (seen.clone(), staging.clone(), p.dst().join("big.bin"));
+    p.between = Some(Box::new(move || {
+        seen2.store(prefill_seen(&staging2), std::sync::atomic::Ordering::SeqCst);
+        let f = fs::File::options().write(true).open(&theirs).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0xAB; 4096], 3 << 20).unwrap();
+    }));
+    p.sync();
+    assert!(seen.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(leftovers(), 0);
 }
