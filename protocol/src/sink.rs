@@ -406,6 +406,8 @@ struct Staged {
     starts: Vec<u64>,
     tmp: PathBuf,
     file: File,
+    /// What its prefill's copies, maybe still running, were counted on to write.
+    prefill: Option<PrefillCheck>,
 }
 
 impl Staged {
@@ -666,9 +668,6 @@ impl Sink {
             };
             if !matches!(msg, ToSink::Bye) {
                 self.ensure_records();
-            }
-            if !matches!(msg, ToSink::Prefill { .. }) {
-                self.prefills.finish();
             }
             match msg {
                 ToSink::ListIndex => {
@@ -1484,11 +1483,16 @@ impl Sink {
         received?;
         self.stats.bytes_copied_locally += bytes;
         self.distrust(stale);
-        if !failed.is_empty() {
-            // A copy source changed under us: those chunks travel after all.
+        let missed = self.prefill_misses(staged);
+        if !failed.is_empty() || !missed.is_empty() {
+            // A copy source changed under us (or a prefill's copy failed): those chunks
+            // travel after all.
             let mut again = Need::default();
             for c in failed {
                 again.add(c.hash, c.idx, c.off);
+            }
+            for (idx, off, hash) in missed {
+                again.add(hash, idx, off);
             }
             w.msg(&FromSink::Need {
                 hashes: again.order.clone(),
@@ -1505,6 +1509,36 @@ impl Sink {
         }
         log::debug!("sink: {placed} files placed in {:.0?}", clock.elapsed());
         Ok(())
+    }
+
+    /// After the batch's copies: wait for the prefills' and list the chunks they were counted
+    /// on for and did not write (staged file, offset, hash).
+    fn prefill_misses(&mut self, staged: &[Staged]) -> Vec<(usize, u64, Hash)> {
+        if staged.iter().all(|s| s.prefill.is_none()) {
+            return Vec::new();
+        }
+        let clock = Instant::now();
+        self.prefills.finish();
+        log::debug!("sink: prefills waited for {:.0?}", clock.elapsed());
+        let mut missed = Vec::new();
+        for (idx, s) in staged.iter().enumerate() {
+            let Some(check) = &s.prefill else {
+                continue;
+            };
+            let written = check.written.lock().expect("prefill lock");
+            for &off in &check.offsets {
+                let Ok(i) = s.starts.binary_search(&off) else {
+                    continue;
+                };
+                let c = &s.chunks[i];
+                if written.get(&off) == Some(&(c.hash, c.len)) {
+                    self.stats.bytes_copied_locally += u64::from(c.len);
+                } else {
+                    missed.push((idx, off, c.hash));
+                }
+            }
+        }
+        missed
     }
 
     /// After [`copy_local`]: sources found changed are no longer trusted (their records are
@@ -1631,12 +1665,34 @@ impl Sink {
                 }
             };
         }
-        let p = &self.prefills.files[&path];
+        let p = self.prefills.files.get_mut(&path).expect("started above");
+        let end = end.unwrap_or(offset);
+        if end == offset {
+            return Ok(());
+        }
+        // Segments of one file never overlap (a file read twice tells its segments again):
+        // its copies must never write over each other, or one its list no longer has could
+        // land on the batch's own writes. Such a file is built as usual.
+        if p.segments
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, &seg_end)| seg_end > offset)
+        {
+            log::debug!("sink: {path} told twice; not prefilled");
+            if let Some(p) = self.prefills.files.remove(&path) {
+                drop(p.file);
+                let _ = fs::remove_file(&p.tmp);
+            }
+            self.prefills.ignored.insert(path);
+            return Ok(());
+        }
+        p.segments.insert(offset, end);
         // Chunks contiguous in both files are copied in one call.
         let mut runs: Vec<PrefillRun> = Vec::new();
         let mut off = offset;
         for c in chunks {
             if let Some(&src) = p.old.get(&c.hash) {
+                p.planned.insert(off, (c.hash, c.len));
                 match runs.last_mut() {
                     Some(r) if r.src_off + r.len == src && r.dst_off + r.len == off => {
                         r.len += c.len as u64;
@@ -1707,6 +1763,8 @@ impl Sink {
             stat,
             src: Arc::new(src),
             old,
+            segments: BTreeMap::new(),
+            planned: HashMap::new(),
             written: Arc::default(),
         }))
     }
@@ -1790,18 +1848,37 @@ impl Sink {
         }
         let tmp = self.staging_path(&entry.path, &hex(&digest[..8]))?;
         let mut filled = HashSet::new();
+        let mut check = None;
         let prefilled = self.prefills.take(&entry.path, &self.root);
         let file = if let Some(p) = prefilled {
-            // Built ahead from its prefills: keep the chunks they wrote where this list has
-            // them. The name says which content a staged file was for.
+            // Built ahead from its prefills: what they write where this list has it counts
+            // as filled (checked after the batch's copies; a miss travels then). The name
+            // says which content a staged file was for.
             fs::rename(&p.tmp, &tmp).ctx("rename", &p.tmp)?;
+            let mut at = HashMap::with_capacity(chunks.len());
             let mut off = 0u64;
             for c in &chunks {
-                if p.written.get(&off) == Some(&(c.hash, c.len)) {
-                    filled.insert(off);
-                    self.stats.bytes_copied_locally += c.len as u64;
-                }
+                at.insert(off, (c.hash, c.len));
                 off += c.len as u64;
+            }
+            if p.planned.iter().all(|(off, c)| at.get(off) == Some(c)) {
+                // Everything it copies is this list's: it may go on while the batch runs.
+                filled.extend(p.planned.keys());
+                check = Some(PrefillCheck {
+                    written: p.written,
+                    offsets: p.planned.into_keys().collect(),
+                });
+            } else {
+                // It also copies chunks this list does not have there, which must not land
+                // over the batch's own writes: wait for it, and keep what it wrote right.
+                self.prefills.finish();
+                let written = p.written.lock().expect("prefill lock");
+                for (off, c) in &at {
+                    if written.get(off) == Some(c) {
+                        filled.insert(*off);
+                        self.stats.bytes_copied_locally += u64::from(c.1);
+                    }
+                }
             }
             p.file
         } else {
@@ -1860,6 +1937,7 @@ impl Sink {
                 starts,
                 tmp,
                 file,
+                prefill: check,
             },
             filled,
         )))
@@ -2161,7 +2239,11 @@ struct Prefilled {
     src: Arc<File>,
     /// Where each chunk of the recorded version starts.
     old: HashMap<Hash, u64>,
-    /// What the copies wrote: chunk start -> (hash, length).
+    /// The segments told (start -> end), which never overlap.
+    segments: BTreeMap<u64, u64>,
+    /// What the copies queued are to write: chunk start -> (hash, length).
+    planned: HashMap<u64, (Hash, u32)>,
+    /// What they wrote.
     written: Arc<Mutex<HashMap<u64, (Hash, u32)>>>,
 }
 
@@ -2180,11 +2262,19 @@ struct PrefillJob {
     written: Arc<Mutex<HashMap<u64, (Hash, u32)>>>,
 }
 
-/// A prefill claimed by its file's `Upsert`.
+/// A prefill claimed by its file's `Upsert`, its copies maybe still running.
 struct Claimed {
     tmp: PathBuf,
     file: File,
-    written: HashMap<u64, (Hash, u32)>,
+    planned: HashMap<u64, (Hash, u32)>,
+    written: Arc<Mutex<HashMap<u64, (Hash, u32)>>>,
+}
+
+/// The chunks of a staged file its prefill was to write: checked once its copies are done
+/// ([`Sink::prefill_misses`]).
+struct PrefillCheck {
+    written: Arc<Mutex<HashMap<u64, (Hash, u32)>>>,
+    offsets: Vec<u64>,
 }
 
 impl Prefills {
@@ -2274,10 +2364,10 @@ impl Prefills {
         }
     }
 
-    /// The prefill of `path` for its `Upsert`, once every copy is done; `None` (and the file
-    /// removed) if there is none or its recorded version changed since.
+    /// The prefill of `path` for its `Upsert` (its copies may still run: what they wrote is
+    /// checked after the batch's own copies); `None` (and the file removed) if there is none
+    /// or its recorded version changed since.
     fn take(&mut self, path: &str, root: &Root) -> Option<Claimed> {
-        self.finish();
         let p = self.files.remove(path)?;
         let unchanged = root
             .existing(path)
@@ -2291,11 +2381,11 @@ impl Prefills {
             let _ = fs::remove_file(&p.tmp);
             return None;
         }
-        let written = std::mem::take(&mut *p.written.lock().expect("prefill lock"));
         Some(Claimed {
             tmp: p.tmp,
             file: p.file,
-            written,
+            planned: p.planned,
+            written: p.written,
         })
     }
 

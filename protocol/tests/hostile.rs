@@ -1227,6 +1227,27 @@ fn prefills_never_decide_a_file_and_leave_nothing_unclaimed() {
     assert!(rounds[0] <= 2, "only the changed head travels: {rounds:?}");
     assert!(fs::read(root.path().join("ckpt.bin")).unwrap() == new);
     assert_eq!(staged(), 0);
+
+    // Told twice over the same bytes (as a file read again while it changed): not prefilled,
+    // built as usual.
+    let mut newer = new.clone();
+    newer[2 << 20..(2 << 20) + 1000].fill(8);
+    let (e, nc2) = file_entry("ckpt.bin", &newer);
+    let mut p = connect(root.path());
+    p.w.msg(&prefill(c.clone())).unwrap();
+    p.w.msg(&prefill(nc2.clone())).unwrap();
+    run_batch(
+        &mut p,
+        vec![Op::Upsert {
+            entry: e,
+            chunks: Some(nc2.clone()),
+        }],
+        &newer,
+        &nc2,
+    );
+    commit_and_leave(p);
+    assert!(fs::read(root.path().join("ckpt.bin")).unwrap() == newer);
+    assert_eq!(staged(), 0);
 }
 
 /// `UpsertPrefilled` builds a file from the chunk lists its prefills told, checked like any
