@@ -430,6 +430,15 @@ pub fn file_digest(chunks: &[ChunkSpec]) -> Hash {
     *h.finalize().as_bytes()
 }
 
+/// Each chunk of a list with the offset it starts at.
+pub fn placed(chunks: &[ChunkSpec]) -> impl Iterator<Item = (u64, &ChunkSpec)> + '_ {
+    chunks.iter().scan(0u64, |off, c| {
+        let at = *off;
+        *off += u64::from(c.len);
+        Some((at, c))
+    })
+}
+
 /// The wire form of a chunk list.
 pub fn specs(chunks: &[ChunkRef]) -> Vec<ChunkSpec> {
     chunks

@@ -679,14 +679,7 @@ impl<'a> EarlyFile<'a> {
         old: &'a [ChunkSpec],
         early: &'a (dyn Fn(Segment) + Sync),
     ) -> Self {
-        let old_starts = old
-            .iter()
-            .scan(0u64, |off, c| {
-                let at = *off;
-                *off += c.len as u64;
-                Some(at)
-            })
-            .collect();
+        let old_starts = chunker::placed(old).map(|(at, _)| at).collect();
         EarlyFile {
             path,
             size,

@@ -1738,10 +1738,8 @@ impl Sink {
             return Ok(None);
         };
         let mut old = HashMap::with_capacity(r.rec.chunks.len());
-        let mut off = 0u64;
-        for c in &r.rec.chunks {
-            old.entry(c.hash).or_insert(off);
-            off += c.len as u64;
+        for (at, c) in chunker::placed(&r.rec.chunks) {
+            old.entry(c.hash).or_insert(at);
         }
         let tmp = self.staging_path(path, "prefill")?;
         match fs::remove_file(&tmp) {
@@ -1855,12 +1853,9 @@ impl Sink {
             // as filled (checked after the batch's copies; a miss travels then). The name
             // says which content a staged file was for.
             fs::rename(&p.tmp, &tmp).ctx("rename", &p.tmp)?;
-            let mut at = HashMap::with_capacity(chunks.len());
-            let mut off = 0u64;
-            for c in &chunks {
-                at.insert(off, (c.hash, c.len));
-                off += c.len as u64;
-            }
+            let at: HashMap<u64, (Hash, u32)> = chunker::placed(&chunks)
+                .map(|(off, c)| (off, (c.hash, c.len)))
+                .collect();
             if p.planned.iter().all(|(off, c)| at.get(off) == Some(c)) {
                 // Everything it copies is this list's: it may go on while the batch runs.
                 filled.extend(p.planned.keys());
@@ -1920,14 +1915,7 @@ impl Sink {
             }
         };
         file.set_len(size).ctx("allocate", &tmp)?;
-        let starts = chunks
-            .iter()
-            .scan(0u64, |off, c| {
-                let at = *off;
-                *off += c.len as u64;
-                Some(at)
-            })
-            .collect();
+        let starts = chunker::placed(&chunks).map(|(at, _)| at).collect();
         Ok(Some((
             Staged {
                 path: entry.path.clone(),

@@ -547,11 +547,8 @@ pub(crate) fn push<R: Read, W: Write>(
                 _ => None,
             })
             .flat_map(|p| {
-                file_chunks(tree, p).iter().scan(0u64, move |offset, c| {
-                    let at = *offset;
-                    *offset += u64::from(c.len);
-                    Some((c.hash, (p.to_string(), at, c.len)))
-                })
+                crate::chunker::placed(file_chunks(tree, p))
+                    .map(move |(at, c)| (c.hash, (p.to_string(), at, c.len)))
             })
             .collect();
         let batch_bytes: u64 = batch
