@@ -1483,7 +1483,7 @@ impl Sink {
         received?;
         self.stats.bytes_copied_locally += bytes;
         self.distrust(stale);
-        let missed = self.prefill_misses(staged);
+        let missed = self.wait_for_prefills(staged);
         if !failed.is_empty() || !missed.is_empty() {
             // A copy source changed under us (or a prefill's copy failed): those chunks
             // travel after all.
@@ -1512,32 +1512,16 @@ impl Sink {
     }
 
     /// After the batch's copies: wait for the prefills' and list the chunks they were counted
-    /// on for and did not write (staged file, offset, hash).
-    fn prefill_misses(&mut self, staged: &[Staged]) -> Vec<(usize, u64, Hash)> {
+    /// on for and did not write.
+    fn wait_for_prefills(&mut self, staged: &[Staged]) -> Vec<(usize, u64, Hash)> {
         if staged.iter().all(|s| s.prefill.is_none()) {
             return Vec::new();
         }
         let clock = Instant::now();
         self.prefills.finish();
         log::debug!("sink: prefills waited for {:.0?}", clock.elapsed());
-        let mut missed = Vec::new();
-        for (idx, s) in staged.iter().enumerate() {
-            let Some(check) = &s.prefill else {
-                continue;
-            };
-            let written = check.written.lock().expect("prefill lock");
-            for &off in &check.offsets {
-                let Ok(i) = s.starts.binary_search(&off) else {
-                    continue;
-                };
-                let c = &s.chunks[i];
-                if written.get(&off) == Some(&(c.hash, c.len)) {
-                    self.stats.bytes_copied_locally += u64::from(c.len);
-                } else {
-                    missed.push((idx, off, c.hash));
-                }
-            }
-        }
+        let (missed, copied) = prefill_misses(staged);
+        self.stats.bytes_copied_locally += copied;
         missed
     }
 
@@ -2387,6 +2371,30 @@ impl Prefills {
     }
 }
 
+/// The chunks of `staged` files their prefills were counted on for and did not write (staged
+/// file, offset, hash), and the bytes they did write; once their copies are done.
+fn prefill_misses(staged: &[Staged]) -> (Vec<(usize, u64, Hash)>, u64) {
+    let (mut missed, mut copied) = (Vec::new(), 0);
+    for (idx, s) in staged.iter().enumerate() {
+        let Some(check) = &s.prefill else {
+            continue;
+        };
+        let written = check.written.lock().expect("prefill lock");
+        for &off in &check.offsets {
+            let Ok(i) = s.starts.binary_search(&off) else {
+                continue;
+            };
+            let c = &s.chunks[i];
+            if written.get(&off) == Some(&(c.hash, c.len)) {
+                copied += u64::from(c.len);
+            } else {
+                missed.push((idx, off, c.hash));
+            }
+        }
+    }
+    (missed, copied)
+}
+
 /// The prefill thread: run the queued copies, recording what each wrote. After an error (a
 /// full disk, say) the rest is skipped: the `Upsert`s copy or fetch it and report the error.
 fn prefill_copies(jobs: std::sync::mpsc::Receiver<PrefillJob>) {
@@ -2778,6 +2786,71 @@ fn hex(b: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::wire::{ChunkSpec, Entry, EntryKind, SinkRecord, StatKey};
+
+    /// A prefill copy that fails (here its source is shorter than planned) is a miss, asked
+    /// for again after the batch's copies; what the prefill wrote counts as copied.
+    #[test]
+    fn a_prefill_copy_that_fails_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old");
+        fs::write(&old, vec![7u8; 100_000]).unwrap();
+        let tmp = dir.path().join("staged");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .unwrap();
+        let (h1, h2) = ([1u8; 32], [2u8; 32]);
+        let written: Arc<Mutex<HashMap<u64, (Hash, u32)>>> = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let run = |src_off, dst_off, hash| PrefillRun {
+            src_off,
+            dst_off,
+            len: 50_000,
+            chunks: vec![(dst_off, hash, 50_000)],
+        };
+        tx.send(PrefillJob {
+            src: Arc::new(File::open(&old).unwrap()),
+            dst: file.try_clone().unwrap(),
+            runs: vec![run(0, 0, h1), run(90_000, 50_000, h2)],
+            written: written.clone(),
+        })
+        .unwrap();
+        drop(tx);
+        prefill_copies(rx);
+        let staged = Staged {
+            path: "f".into(),
+            dest: tmp.clone(),
+            entry: EntryKind::File {
+                size: 100_000,
+                mode: 0o644,
+                mtime_ns: 0,
+                digest: [0; 32],
+            },
+            chunks: vec![
+                ChunkSpec {
+                    hash: h1,
+                    len: 50_000,
+                },
+                ChunkSpec {
+                    hash: h2,
+                    len: 50_000,
+                },
+            ],
+            starts: vec![0, 50_000],
+            tmp: tmp.clone(),
+            file,
+            prefill: Some(PrefillCheck {
+                written,
+                offsets: vec![0, 50_000],
+            }),
+        };
+        let (missed, copied) = prefill_misses(&[staged]);
+        assert_eq!(missed, vec![(0, 50_000, h2)]);
+        assert_eq!(copied, 50_000);
+        assert_eq!(fs::read(&tmp).unwrap()[..50_000], [7u8; 50_000]);
+    }
 
     /// A batch that placed enough bytes has the index saved before the next batch: a killed
     /// agent (no chance to save) loses at most the batch it was in.
