@@ -5,7 +5,9 @@
 //! safetensors-style fp16 checkpoint), through scenarios that each tool syncs to its own remote
 //! copy, interleaved. `mtr-true` runs a no-op sync and `true` end to end. Two download scenarios
 //! close the run: `--get` of the checkpoint from each tool's remote copy, then again after 10%
-//! of every remote copy changed, against `rsync -az` pulling the same file.
+//! of every remote copy changed, against `rsync -az` pulling the same file. Dirty pages are
+//! written out (`sync`) before every measured run, so none pays for a setup's or another run's
+//! writes.
 //!
 //! ```text
 //! sudo cargo bench --bench e2e                          # full size: takes many minutes
