@@ -1518,7 +1518,11 @@ impl Sink {
             return Vec::new();
         }
         let clock = Instant::now();
-        self.prefills.finish();
+        for s in staged {
+            if let Some(check) = &s.prefill {
+                check.copies.wait();
+            }
+        }
         log::debug!("sink: prefills waited for {:.0?}", clock.elapsed());
         let (missed, copied) = prefill_misses(staged);
         self.stats.bytes_copied_locally += copied;
@@ -1696,7 +1700,7 @@ impl Sink {
             src: p.src.clone(),
             dst: p.file.try_clone().ctx("open", &p.tmp)?,
             runs,
-            written: p.written.clone(),
+            copies: p.copies.clone(),
         };
         self.prefills.send(job);
         Ok(())
@@ -1747,7 +1751,7 @@ impl Sink {
             old,
             segments: BTreeMap::new(),
             planned: HashMap::new(),
-            written: Arc::default(),
+            copies: Arc::default(),
         }))
     }
 
@@ -1844,14 +1848,14 @@ impl Sink {
                 // Everything it copies is this list's: it may go on while the batch runs.
                 filled.extend(p.planned.keys());
                 check = Some(PrefillCheck {
-                    written: p.written,
+                    copies: p.copies,
                     offsets: p.planned.into_keys().collect(),
                 });
             } else {
                 // It also copies chunks this list does not have there, which must not land
                 // over the batch's own writes: wait for it, and keep what it wrote right.
-                self.prefills.finish();
-                let written = p.written.lock().expect("prefill lock");
+                p.copies.wait();
+                let written = p.copies.written.lock().expect("prefill lock");
                 for (off, c) in &at {
                     if written.get(off) == Some(c) {
                         filled.insert(*off);
@@ -2215,8 +2219,44 @@ struct Prefilled {
     segments: BTreeMap<u64, u64>,
     /// What the copies queued are to write: chunk start -> (hash, length).
     planned: HashMap<u64, (Hash, u32)>,
-    /// What they wrote.
-    written: Arc<Mutex<HashMap<u64, (Hash, u32)>>>,
+    /// What they wrote, and how many are still queued.
+    copies: Arc<PrefillCopies>,
+}
+
+/// What the prefill copies of one file wrote (chunk start -> (hash, length)), and how many of
+/// its jobs are still to run: a batch waits for its own files' copies only.
+#[derive(Default)]
+struct PrefillCopies {
+    written: Mutex<HashMap<u64, (Hash, u32)>>,
+    queued: Mutex<usize>,
+    idle: std::sync::Condvar,
+}
+
+impl PrefillCopies {
+    fn queued(&self, change: isize) {
+        let mut q = self.queued.lock().expect("prefill lock");
+        *q = q.saturating_add_signed(change);
+        if *q == 0 {
+            self.idle.notify_all();
+        }
+    }
+
+    /// Wait until every job queued for the file ran.
+    fn wait(&self) {
+        let mut q = self.queued.lock().expect("prefill lock");
+        while *q > 0 {
+            q = self.idle.wait(q).expect("prefill lock");
+        }
+    }
+}
+
+/// Marks a prefill job done when dropped.
+struct JobDone<'a>(&'a PrefillCopies);
+
+impl Drop for JobDone<'_> {
+    fn drop(&mut self) {
+        self.0.queued(-1);
+    }
 }
 
 /// Chunks contiguous in both files, copied in one call.
@@ -2231,7 +2271,7 @@ struct PrefillJob {
     src: Arc<File>,
     dst: File,
     runs: Vec<PrefillRun>,
-    written: Arc<Mutex<HashMap<u64, (Hash, u32)>>>,
+    copies: Arc<PrefillCopies>,
 }
 
 /// A prefill claimed by its file's `Upsert`, its copies maybe still running.
@@ -2239,13 +2279,13 @@ struct Claimed {
     tmp: PathBuf,
     file: File,
     planned: HashMap<u64, (Hash, u32)>,
-    written: Arc<Mutex<HashMap<u64, (Hash, u32)>>>,
+    copies: Arc<PrefillCopies>,
 }
 
 /// The chunks of a staged file its prefill was to write: checked once its copies are done
-/// ([`Sink::prefill_misses`]).
+/// ([`Sink::wait_for_prefills`]).
 struct PrefillCheck {
-    written: Arc<Mutex<HashMap<u64, (Hash, u32)>>>,
+    copies: Arc<PrefillCopies>,
     offsets: Vec<u64>,
 }
 
@@ -2324,11 +2364,15 @@ impl Prefills {
             }
         }
         if let Some(tx) = &self.jobs {
-            let _ = tx.send(job);
+            let copies = job.copies.clone();
+            copies.queued(1);
+            if tx.send(job).is_err() {
+                copies.queued(-1);
+            }
         }
     }
 
-    /// Wait for the copies queued so far.
+    /// Wait for every copy queued, and end the thread.
     fn finish(&mut self) {
         self.jobs = None;
         if let Some(w) = self.worker.take() {
@@ -2357,7 +2401,7 @@ impl Prefills {
             tmp: p.tmp,
             file: p.file,
             planned: p.planned,
-            written: p.written,
+            copies: p.copies,
         })
     }
 
@@ -2379,7 +2423,7 @@ fn prefill_misses(staged: &[Staged]) -> (Vec<(usize, u64, Hash)>, u64) {
         let Some(check) = &s.prefill else {
             continue;
         };
-        let written = check.written.lock().expect("prefill lock");
+        let written = check.copies.written.lock().expect("prefill lock");
         for &off in &check.offsets {
             let Ok(i) = s.starts.binary_search(&off) else {
                 continue;
@@ -2402,15 +2446,23 @@ fn prefill_copies(jobs: std::sync::mpsc::Receiver<PrefillJob>) {
     let mut bytes = 0u64;
     let mut failed = false;
     for job in jobs {
+        let PrefillJob {
+            src,
+            dst,
+            runs,
+            copies,
+        } = job;
+        // Counted as done however it ends (a panic too), so no one waits for it forever.
+        let _done = JobDone(&copies);
         let clock = clock.get_or_insert_with(Instant::now);
-        for run in job.runs {
+        for run in runs {
             if failed {
                 break;
             }
-            match copy_range(&job.src, run.src_off, &job.dst, run.dst_off, run.len) {
+            match copy_range(&src, run.src_off, &dst, run.dst_off, run.len) {
                 Ok(true) => {
                     bytes += run.len;
-                    let mut w = job.written.lock().expect("prefill lock");
+                    let mut w = copies.written.lock().expect("prefill lock");
                     w.extend(run.chunks.into_iter().map(|(o, h, l)| (o, (h, l))));
                 }
                 Ok(false) => {}
@@ -2788,7 +2840,8 @@ mod tests {
     use crate::wire::{ChunkSpec, Entry, EntryKind, SinkRecord, StatKey};
 
     /// A prefill copy that fails (here its source is shorter than planned) is a miss, asked
-    /// for again after the batch's copies; what the prefill wrote counts as copied.
+    /// for again after the batch's copies; what the prefill wrote counts as copied, and the
+    /// job counts as done.
     #[test]
     fn a_prefill_copy_that_fails_is_a_miss() {
         let dir = tempfile::tempdir().unwrap();
@@ -2802,7 +2855,8 @@ mod tests {
             .open(&tmp)
             .unwrap();
         let (h1, h2) = ([1u8; 32], [2u8; 32]);
-        let written: Arc<Mutex<HashMap<u64, (Hash, u32)>>> = Arc::default();
+        let copies: Arc<PrefillCopies> = Arc::default();
+        copies.queued(1);
         let (tx, rx) = std::sync::mpsc::channel();
         let run = |src_off, dst_off, hash| PrefillRun {
             src_off,
@@ -2814,11 +2868,12 @@ mod tests {
             src: Arc::new(File::open(&old).unwrap()),
             dst: file.try_clone().unwrap(),
             runs: vec![run(0, 0, h1), run(90_000, 50_000, h2)],
-            written: written.clone(),
+            copies: copies.clone(),
         })
         .unwrap();
         drop(tx);
         prefill_copies(rx);
+        assert_eq!(*copies.queued.lock().unwrap(), 0, "the job is counted done");
         let staged = Staged {
             path: "f".into(),
             dest: tmp.clone(),
@@ -2842,7 +2897,7 @@ mod tests {
             tmp: tmp.clone(),
             file,
             prefill: Some(PrefillCheck {
-                written,
+                copies,
                 offsets: vec![0, 50_000],
             }),
         };
