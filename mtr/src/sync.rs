@@ -96,11 +96,11 @@ pub fn start_scan(s: &Settings, ui: &Ui, dry_run: bool) -> Result<LocalScan> {
         .join(key(&[&root.display().to_string()]));
     let progress = ui.progress_hidden();
     let started = Instant::now();
-    let (found, segments) = std::sync::mpsc::channel::<Segment>();
     let (found, segments) = if dry_run {
         (None, None)
     } else {
-        (Some(found), Some(segments))
+        let (tx, rx) = std::sync::mpsc::channel::<Segment>();
+        (Some(tx), Some(rx))
     };
     let scan = {
         let (filter, index_path, progress) = (filter.clone(), index_path.clone(), progress.clone());

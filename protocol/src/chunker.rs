@@ -1,6 +1,7 @@
 //! Content-defined chunking (FastCDC) and BLAKE3 chunk hashes, behind one type whose parameters
 //! travel in the handshake so they can change with a protocol version.
 
+use std::collections::BTreeMap;
 use std::io;
 
 use crate::wire::{ChunkSpec, ChunkerId, Hash};
@@ -437,6 +438,25 @@ pub fn placed(chunks: &[ChunkSpec]) -> impl Iterator<Item = (u64, &ChunkSpec)> +
         *off += u64::from(c.len);
         Some((at, c))
     })
+}
+
+/// The chunk list that segments of a file of `size` bytes make up (by offset), if they cover
+/// it end to end. Both ends of a session apply it to the prefills told, so they agree on which
+/// upserts may go without a list ([`crate::wire::Op::UpsertPrefilled`]).
+pub(crate) fn joined(
+    size: u64,
+    segments: &BTreeMap<u64, Vec<ChunkSpec>>,
+) -> Option<Vec<ChunkSpec>> {
+    let mut all = Vec::new();
+    let mut end = 0u64;
+    for (&offset, seg) in segments {
+        if offset != end {
+            return None;
+        }
+        end += seg.iter().map(|c| u64::from(c.len)).sum::<u64>();
+        all.extend_from_slice(seg);
+    }
+    (end == size).then_some(all)
 }
 
 /// The wire form of a chunk list.

@@ -639,7 +639,6 @@ pub fn scan_file(
     Ok((tree, index))
 }
 
-/// A file's stat (after reading it) and chunk list.
 /// The chunks of one segment of a long file that changed, found while the scan goes on: what
 /// [`scan_early`] tells its caller, which can have the sink start building the file
 /// ([`crate::wire::ToSink::Prefill`]).
@@ -738,6 +737,7 @@ impl<'a> EarlyFile<'a> {
     }
 }
 
+/// A file's stat (after reading it) and chunk list.
 type Listed = (StatKey, Vec<ChunkSpec>);
 
 /// What a scan does with a file it listed.

@@ -1635,13 +1635,13 @@ impl Sink {
             let valid = c.len > 0 && c.len as usize <= MAX_CHUNK;
             valid.then(|| end.checked_add(c.len as u64)).flatten()
         });
-        if end.is_none_or(|end| end > size) {
+        let Some(end) = end.filter(|&end| end <= size) else {
             return Err(Error::Protocol(format!(
                 "{path}: prefill of chunks outside the file"
             )));
-        }
+        };
         self.prefills.list(&path, size, offset, chunks)?;
-        if self.prefills.ignored.contains(&path) {
+        if end == offset || self.prefills.ignored.contains(&path) {
             return Ok(());
         }
         if !self.prefills.files.contains_key(&path) {
@@ -1654,10 +1654,6 @@ impl Sink {
             };
         }
         let p = self.prefills.files.get_mut(&path).expect("started above");
-        let end = end.unwrap_or(offset);
-        if end == offset {
-            return Ok(());
-        }
         // Segments of one file never overlap (a file read twice tells its segments again):
         // its copies must never write over each other, or one its list no longer has could
         // land on the batch's own writes. Such a file is built as usual.
@@ -1668,8 +1664,7 @@ impl Sink {
         {
             log::debug!("sink: {path} told twice; not prefilled");
             if let Some(p) = self.prefills.files.remove(&path) {
-                drop(p.file);
-                let _ = fs::remove_file(&p.tmp);
+                p.remove();
             }
             self.prefills.ignored.insert(path);
             return Ok(());
@@ -1717,12 +1712,7 @@ impl Sink {
             return Ok(None);
         }
         let stat = r.rec.stat;
-        let src = self.root.existing(path).ok().flatten().and_then(|abs| {
-            let f = File::open(abs).ok()?;
-            let m = f.metadata().ok()?;
-            (m.is_file() && stat_of(&m) == stat).then_some(f)
-        });
-        let Some(src) = src else {
+        let Some(src) = open_unchanged(&self.root, path, stat) else {
             return Ok(None);
         };
         let mut old = HashMap::with_capacity(r.rec.chunks.len());
@@ -2223,6 +2213,14 @@ struct Prefilled {
     copies: Arc<PrefillCopies>,
 }
 
+impl Prefilled {
+    /// Close and remove the file (copies still queued write to it unlinked).
+    fn remove(self) {
+        drop(self.file);
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
 /// What the prefill copies of one file wrote (chunk start -> (hash, length)), and how many of
 /// its jobs are still to run: a batch waits for its own files' copies only.
 #[derive(Default)]
@@ -2317,18 +2315,10 @@ impl Prefills {
         ops.into_iter()
             .map(|op| match op {
                 Op::UpsertPrefilled { entry } => {
-                    let chunks = self.lists.remove(&entry.path).and_then(|(size, segs)| {
-                        let mut all: Vec<ChunkSpec> = Vec::new();
-                        let mut end = 0u64;
-                        for (offset, seg) in segs {
-                            if offset != end {
-                                return None;
-                            }
-                            end += seg.iter().map(|c| u64::from(c.len)).sum::<u64>();
-                            all.extend(seg);
-                        }
-                        (end == size).then_some(all)
-                    });
+                    let chunks = self
+                        .lists
+                        .remove(&entry.path)
+                        .and_then(|(size, segs)| chunker::joined(size, &segs));
                     let chunks = chunks.ok_or_else(|| {
                         Error::Protocol(format!(
                             "{}: its prefills do not cover the file",
@@ -2393,8 +2383,7 @@ impl Prefills {
             .is_some_and(|m| m.is_file() && stat_of(&m) == p.stat);
         if !unchanged {
             log::debug!("sink: {path} changed while prefilled; building it anew");
-            drop(p.file);
-            let _ = fs::remove_file(&p.tmp);
+            p.remove();
             return None;
         }
         Some(Claimed {
@@ -2409,8 +2398,7 @@ impl Prefills {
     fn discard(&mut self) {
         self.finish();
         for (_, p) in self.files.drain() {
-            drop(p.file);
-            let _ = fs::remove_file(&p.tmp);
+            p.remove();
         }
     }
 }
@@ -2518,12 +2506,9 @@ fn copy_local(
             j += 1;
         }
         let key = (first.src.path.clone(), first.stat);
-        let src = sources.entry(key).or_insert_with(|| {
-            let abs = root.existing(&first.src.path).ok().flatten()?;
-            let f = File::open(&abs).ok()?;
-            let m = f.metadata().ok()?;
-            (m.is_file() && stat_of(&m) == first.stat).then_some(f)
-        });
+        let src = sources
+            .entry(key)
+            .or_insert_with(|| open_unchanged(root, &first.src.path, first.stat));
         let dst = &staged[first.idx];
         let ok = match src {
             Some(f) => copy_range(f, first.src.offset, &dst.file, first.off, len)
@@ -2544,6 +2529,15 @@ fn copy_local(
         .map(|((path, stat), _)| (path.to_string(), stat))
         .collect();
     Ok(out)
+}
+
+/// The file at `path`, opened, if it is still a regular file of `stat` (a chunk source
+/// trusted at that `stat`).
+fn open_unchanged(root: &Root, path: &str, stat: StatKey) -> Option<File> {
+    let abs = root.existing(path).ok().flatten()?;
+    let f = File::open(abs).ok()?;
+    let m = f.metadata().ok()?;
+    (m.is_file() && stat_of(&m) == stat).then_some(f)
 }
 
 /// Files to remove, by a thread of their own: freeing a large file's blocks takes a while

@@ -216,7 +216,7 @@ pub fn scan_local(cfg: &SourceConfig, progress: &dyn Progress) -> Result<LocalTr
 }
 
 /// [`scan_local`], telling `early` the segments of long files that changed as they are found
-/// ([`scan::scan_early`]): a session already up can pass them on with [`prefill`] so the
+/// ([`scan::scan_early`]): a session already up can pass them on with [`Prefills`] so the
 /// sink starts building those files while the rest is read.
 pub fn scan_local_early(
     cfg: &SourceConfig,
@@ -292,28 +292,13 @@ impl Prefills {
         }
     }
 
-    /// Whether the segments sent for `path` make up `chunks`, end to end.
+    /// Whether the segments sent for `path` make up `chunks`, end to end, as the sink will
+    /// join them.
     fn cover(&self, path: &str, chunks: &[ChunkSpec]) -> bool {
-        let Some((size, segs)) = self.files.get(path) else {
-            return false;
-        };
-        if self.partial.contains(path) {
-            return false;
-        }
-        let mut listed = chunks.iter();
-        let mut end = 0u64;
-        for (&offset, seg) in segs {
-            if offset != end {
-                return false;
-            }
-            for c in seg {
-                if listed.next() != Some(c) {
-                    return false;
-                }
-                end += u64::from(c.len);
-            }
-        }
-        listed.next().is_none() && end == *size
+        !self.partial.contains(path)
+            && self.files.get(path).is_some_and(|(size, segs)| {
+                crate::chunker::joined(*size, segs).is_some_and(|all| all == chunks)
+            })
     }
 }
 
