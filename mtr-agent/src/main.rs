@@ -28,9 +28,10 @@ fn main() {
         log::init();
     }
     let code = match args.first().map(String::as_str) {
-        Some("serve") => serve(),
+        Some("serve") => serve(!args.iter().any(|a| a == "--no-watch")),
         Some("send") => send(args.get(1).map(PathBuf::from)),
         Some("run") => run(),
+        Some("watch") => watch(args.get(1).map(PathBuf::from)),
         Some("--version") | Some("-V") => {
             println!(
                 "mtr-agent {VERSION} (protocol {})",
@@ -39,14 +40,15 @@ fn main() {
             0
         }
         _ => {
-            eprintln!("usage: mtr-agent serve | send BASE | run | --version\n(mtr-agent is started by mtr over SSH; it is not meant to be run by hand)");
+            eprintln!("usage: mtr-agent serve [--no-watch] | send BASE | run | watch ROOT | --version\n(mtr-agent is started by mtr over SSH; it is not meant to be run by hand)");
             2
         }
     };
     std::process::exit(code);
 }
 
-fn serve() -> i32 {
+/// Serves one sync session; then, if the sink wants one and `watch`, starts the tree's watcher.
+fn serve(watch: bool) -> i32 {
     // SAFETY: fds 0 and 1 are open for the life of the process and used only here.
     let stdin = unsafe { File::from_raw_fd(0) };
     let mut stdout = unsafe { File::from_raw_fd(1) };
@@ -54,8 +56,13 @@ fn serve() -> i32 {
         return 1;
     }
     let remover = spawn_remover();
-    match protocol::sink::serve_with_remover(stdin, stdout, VERSION, remover) {
-        Ok(()) => 0,
+    match protocol::sink::serve_agent(stdin, stdout, VERSION, remover, watch) {
+        Ok(root) => {
+            if let Some(root) = root {
+                start_watcher(&root);
+            }
+            0
+        }
         Err(e) => {
             eprintln!("mtr-agent: {e}");
             1
@@ -115,6 +122,53 @@ fn spawn_remover() -> Option<File> {
             Some(unsafe { File::from_raw_fd(fds[1]) })
         }
     }
+}
+
+/// Starts `mtr-agent watch ROOT` ([`protocol::watch`]) in a session of its own, holding none
+/// of the channel's descriptors (stdio on `/dev/null`, everything else close-on-exec), so the
+/// SSH session ends without it. Not waited for: it outlives the agent.
+fn start_watcher(root: &std::path::Path) {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new("/proc/self/exe");
+    if let Ok(exe) = std::env::current_exe() {
+        cmd.arg0(exe);
+    }
+    // In `/`: a process whose working directory is in the tree would keep its filesystem
+    // from being unmounted.
+    cmd.arg("watch")
+        .arg(root)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    if let Err(e) = cmd.spawn() {
+        ::log::debug!("agent: watcher not started: {e}");
+    }
+}
+
+/// Keeps watch over ROOT until it changes or a sync takes it over ([`protocol::watch::keep`]),
+/// niced: its one check of the tree when it starts yields to the user's jobs.
+fn watch(root: Option<PathBuf>) -> i32 {
+    let Some(root) = root.filter(|r| r.is_absolute()) else {
+        eprintln!("mtr-agent: watch needs an absolute ROOT");
+        return 2;
+    };
+    // SAFETY: prctl and setpriority with plain arguments, on this process only.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"mtr-agent-watch".as_ptr());
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+    // Why it ended matters to no one: the next sync checks the tree if it is not watched.
+    let _ = protocol::watch::keep(&root, protocol::watch::IDLE);
+    0
 }
 
 /// Greets, then serves one download as its source. `base` is the private directory the agent

@@ -90,15 +90,16 @@ pub struct AgentSession {
 }
 
 /// Installs the agent if needed, starts it and greets it for `remote_dir`.
-pub fn start(ssh: &Ssh, remote_dir: &str) -> Result<AgentSession> {
-    AgentSession::start(ssh, remote_dir)
+pub fn start(ssh: &Ssh, remote_dir: &str, watch: bool) -> Result<AgentSession> {
+    AgentSession::start(ssh, remote_dir, watch)
 }
 
 /// What the agent is started for: its subcommand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode<'a> {
-    /// `mtr-agent serve`: one sync session, after the protocol handshake.
-    Serve,
+    /// `mtr-agent serve`: one sync session, after the protocol handshake; `--no-watch`
+    /// unless `watch` (no watcher left over the tree, see `protocol::watch`).
+    Serve { watch: bool },
     /// `mtr-agent run`: supervise one command (batch mode); no handshake.
     Run,
     /// `mtr-agent send BASE`: the source of a download, after the request and the agent's
@@ -143,8 +144,15 @@ enum Started {
 
 impl AgentSession {
     /// Installs the agent if needed, starts it and greets it for `remote_dir`.
-    pub fn start(ssh: &Ssh, remote_dir: &str) -> Result<AgentSession> {
-        start_with(ssh, remote_dir, &Agent::embedded(), &Layout::default())
+    pub fn start(ssh: &Ssh, remote_dir: &str, watch: bool) -> Result<AgentSession> {
+        let mode = Mode::Serve { watch };
+        start_with(
+            ssh,
+            remote_dir,
+            &Agent::embedded(),
+            &Layout::default(),
+            mode,
+        )
     }
 
     /// Ends the session: sends EOF and waits for the agent to exit. An agent that exits
@@ -337,7 +345,10 @@ pub(crate) fn sh_c(script: &str) -> String {
 pub(crate) fn launch_script(agent: &Agent, layout: &Layout, mode: Mode) -> String {
     let v = agent_verbosity();
     let start = match mode {
-        Mode::Serve => format!("(umask $um; exec \"$p\" serve{v}); rc=$?; "),
+        Mode::Serve { watch } => {
+            let w = if watch { "" } else { " --no-watch" };
+            format!("(umask $um; exec \"$p\" serve{v}{w}); rc=$?; ")
+        }
         Mode::Send(_) => format!("(exec \"$p\" send{v} \"$b\"); rc=$?; "),
         Mode::Run => "\"$p\" --version >/dev/null 2>&1; rc=$?; \
              if [ $rc -ne 126 ]; then umask $um; exec \"$p\" run; fi; "
@@ -519,8 +530,14 @@ enum Launch {
     },
 }
 
-fn start_with(ssh: &Ssh, remote_dir: &str, agent: &Agent, layout: &Layout) -> Result<AgentSession> {
-    match start_mode(ssh, Mode::Serve, remote_dir, agent, layout)? {
+fn start_with(
+    ssh: &Ssh,
+    remote_dir: &str,
+    agent: &Agent,
+    layout: &Layout,
+    mode: Mode,
+) -> Result<AgentSession> {
+    match start_mode(ssh, mode, remote_dir, agent, layout)? {
         Started::Session(s) => Ok(*s),
         Started::Runner(_) => unreachable!("serve mode yields a session"),
     }
@@ -863,6 +880,8 @@ mod tests {
     use std::path::Path;
     use std::process::{Command, Output, Stdio};
 
+    pub(super) const SERVE: Mode<'static> = Mode::Serve { watch: true };
+
     /// An agent for this machine (`Linux x86_64`): a shell script printing its argument.
     fn agent(bytes: &[u8]) -> Agent<'_> {
         Agent {
@@ -921,7 +940,7 @@ mod tests {
     fn scripts_are_one_line_of_plain_characters() {
         let a = agent(SCRIPT);
         for script in [
-            launch_script(&a, &Layout::default(), Mode::Serve),
+            launch_script(&a, &Layout::default(), SERVE),
             launch_script(&a, &Layout::default(), Mode::Run),
             launch_script(&a, &Layout::default(), Mode::Send(&get_request())),
             install_script(&a, &Layout::default(), 0),
@@ -935,7 +954,7 @@ mod tests {
     #[test]
     fn commands_survive_every_login_shell_present() {
         let dir = tempfile::tempdir().unwrap();
-        let script = launch_script(&agent(SCRIPT), &layout(dir.path()), Mode::Serve);
+        let script = launch_script(&agent(SCRIPT), &layout(dir.path()), SERVE);
         for shell in ["sh", "bash", "dash", "zsh", "fish", "tcsh", "csh"] {
             if Command::new("sh")
                 .arg("-c")
@@ -965,7 +984,7 @@ mod tests {
     fn installs_privately_then_launches() {
         let dir = tempfile::tempdir().unwrap();
         let (a, l) = (agent(SCRIPT), layout(dir.path()));
-        let (status, _, stderr) = run(&launch_script(&a, &l, Mode::Serve), b"");
+        let (status, _, stderr) = run(&launch_script(&a, &l, SERVE), b"");
         assert_eq!(status, EXIT_MISSING, "{stderr}");
         let report = LaunchReport::parse(&stderr);
         assert!(report.missing && report.runs.is_empty());
@@ -982,7 +1001,7 @@ mod tests {
         assert_eq!(mode(&dir.path().join("b0")), 0o700);
         assert_eq!(mode(&dir.path().join("b0/agent")), 0o700);
 
-        let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Serve), b"");
+        let (status, stdout, stderr) = run(&launch_script(&a, &l, SERVE), b"");
         assert_eq!(status, 0, "{stderr}");
         assert_eq!(
             stdout,
@@ -1063,7 +1082,7 @@ mod tests {
             .join("b0/agent/0.1.0-linux-x86_64-0123456789abcdef/mtr-agent");
         fs::set_permissions(&first, fs::Permissions::from_mode(0o600)).unwrap();
 
-        let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Serve), b"");
+        let (status, stdout, stderr) = run(&launch_script(&a, &l, SERVE), b"");
         assert_eq!(status, 0, "{stderr}");
         assert!(stdout.ends_with("agent serve\n"), "{stdout}");
         let (found, _) = split_noise(stdout.as_bytes());
@@ -1119,7 +1138,7 @@ mod tests {
         fs::create_dir_all(&planted).unwrap();
         fs::write(planted.join("mtr-agent"), SCRIPT).unwrap();
         fs::set_permissions(planted.join("mtr-agent"), fs::Permissions::from_mode(0o700)).unwrap();
-        let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Serve), b"");
+        let (status, stdout, stderr) = run(&launch_script(&a, &l, SERVE), b"");
         assert_eq!(status, EXIT_MISSING, "{stdout}{stderr}");
         let report = LaunchReport::parse(&stderr);
         assert_eq!(report.unsafe_bases.len(), 1);
@@ -1213,7 +1232,7 @@ mod tests {
         );
         assert!(stderr.contains(&want), "{stderr}");
         assert!(tree(&sub).is_empty(), "left behind: {:?}", tree(&sub));
-        let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Serve), b"");
+        let (status, stdout, stderr) = run(&launch_script(&a, &l, SERVE), b"");
         assert_eq!(status, EXIT_MISSING, "{stdout}{stderr}");
 
         // A good agent installed earlier survives a corrupted reinstall, untouched.
@@ -1363,7 +1382,7 @@ mod tests {
             let culprit = culprit.display().to_string();
             let before = (tree(&elsewhere), tree(&b0));
 
-            let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Serve), b"");
+            let (status, stdout, stderr) = run(&launch_script(&a, &l, SERVE), b"");
             assert_eq!(status, EXIT_MISSING, "{culprit}: {stdout}{stderr}");
             assert!(
                 !stdout.contains("planted"),
@@ -1410,7 +1429,7 @@ mod tests {
             return;
         }
         let before = tree(&theirs);
-        let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Serve), b"");
+        let (status, stdout, stderr) = run(&launch_script(&a, &l, SERVE), b"");
         assert_eq!(status, EXIT_MISSING, "{stdout}{stderr}");
         assert!(!stdout.contains("planted"), "their agent ran");
         let report = LaunchReport::parse(&stderr);
@@ -1431,7 +1450,7 @@ mod tests {
         chown(&theirs, Some(0), Some(0)).unwrap();
         chown(theirs.join(SUB), Some(0), Some(0)).unwrap();
         let agent_path = theirs.join(SUB).join("mtr-agent");
-        let (status, stdout, stderr) = run(&launch_script(&a, &l, Mode::Serve), b"");
+        let (status, stdout, stderr) = run(&launch_script(&a, &l, SERVE), b"");
         assert_eq!(status, EXIT_MISSING, "{stdout}{stderr}");
         assert!(!stdout.contains("planted"), "their agent ran");
         assert_eq!(
@@ -1500,7 +1519,7 @@ mod tests {
             arch: "riscv64",
             ..agent(SCRIPT)
         };
-        let (status, _, stderr) = run(&launch_script(&a, &layout(dir.path()), Mode::Serve), b"");
+        let (status, _, stderr) = run(&launch_script(&a, &layout(dir.path()), SERVE), b"");
         assert_eq!(status, EXIT_UNSUPPORTED, "{stderr}");
         let report = LaunchReport::parse(&stderr);
         let (os, arch) = report.unsupported.unwrap();
@@ -1609,6 +1628,7 @@ mod tests {
 /// shell script that greets, answers the handshake with canned frames, then waits for EOF.
 #[cfg(test)]
 mod live_tests {
+    use super::tests::SERVE;
     use super::*;
     use crate::ssh::test_support::connect;
     use protocol::chunker::Chunker;
@@ -1680,7 +1700,7 @@ mod live_tests {
             .start();
         let dir = tempfile::tempdir().unwrap();
         let ssh = connect(&server, dir.path());
-        let mut session = start(&ssh, "~/proj").unwrap_or_else(|e| panic!("{e:#}"));
+        let mut session = start(&ssh, "~/proj", true).unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(session.ack.version, embedded::VERSION);
         assert_eq!(
             session.ack.root,
@@ -1703,7 +1723,7 @@ mod live_tests {
         let dir = tempfile::tempdir().unwrap();
         let ssh = connect(&server, dir.path());
         let bytes = fake_agent(VERSION, 0, "bye");
-        let session = start_with(&ssh, REMOTE_DIR, &agent(&bytes), &Layout::default())
+        let session = start_with(&ssh, REMOTE_DIR, &agent(&bytes), &Layout::default(), SERVE)
             .unwrap_or_else(|e| panic!("{e:#}\n{}", server.log()));
         let path = cache_path(&server);
         assert_eq!(session.remote_path, path.display().to_string());
@@ -1717,7 +1737,8 @@ mod live_tests {
         };
         let first = inode(&path);
 
-        let session = start_with(&ssh, REMOTE_DIR, &agent(&bytes), &Layout::default()).unwrap();
+        let session =
+            start_with(&ssh, REMOTE_DIR, &agent(&bytes), &Layout::default(), SERVE).unwrap();
         session.finish().unwrap();
         assert_eq!(inode(&path), first, "the installed agent was reused");
     }
@@ -1728,7 +1749,7 @@ mod live_tests {
         let dir = tempfile::tempdir().unwrap();
         let ssh = connect(&server, dir.path());
         let stale = fake_agent("0.0.1", 0, "");
-        let msg = match start_with(&ssh, REMOTE_DIR, &agent(&stale), &Layout::default()) {
+        let msg = match start_with(&ssh, REMOTE_DIR, &agent(&stale), &Layout::default(), SERVE) {
             Ok(_) => panic!("an agent of another version was used"),
             Err(e) => format!("{e:#}"),
         };
@@ -1742,7 +1763,8 @@ mod live_tests {
         );
 
         let good = fake_agent(VERSION, 0, "");
-        let session = start_with(&ssh, REMOTE_DIR, &agent(&good), &Layout::default()).unwrap();
+        let session =
+            start_with(&ssh, REMOTE_DIR, &agent(&good), &Layout::default(), SERVE).unwrap();
         session.finish().unwrap();
         assert_eq!(std::fs::read(cache_path(&server)).unwrap(), good);
     }
@@ -1758,7 +1780,7 @@ mod live_tests {
         );
         server.run_as_user_ok(&format!("chmod 700 {}", cache_path(&server).display()));
         let good = fake_agent(VERSION, 0, "");
-        let session = start_with(&ssh, REMOTE_DIR, &agent(&good), &Layout::default())
+        let session = start_with(&ssh, REMOTE_DIR, &agent(&good), &Layout::default(), SERVE)
             .unwrap_or_else(|e| panic!("{e:#}"));
         session.finish().unwrap();
         assert_eq!(std::fs::read(cache_path(&server)).unwrap(), good);
@@ -1794,7 +1816,7 @@ mod live_tests {
             .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
 
-        let session = start_with(&ssh, REMOTE_DIR, &a, &Layout::default())
+        let session = start_with(&ssh, REMOTE_DIR, &a, &Layout::default(), SERVE)
             .unwrap_or_else(|e| panic!("{e:#}"));
         session.finish().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), good);
@@ -1826,7 +1848,7 @@ mod live_tests {
              chmod 700 ~/.cache/mtr && ln -s ~/elsewhere ~/.cache/mtr/agent"
         ));
         let good = fake_agent(VERSION, 0, "");
-        let session = start_with(&ssh, REMOTE_DIR, &agent(&good), &Layout::default())
+        let session = start_with(&ssh, REMOTE_DIR, &agent(&good), &Layout::default(), SERVE)
             .unwrap_or_else(|e| panic!("{e:#}"));
         assert!(
             session.remote_path.starts_with(&format!("{shm}/agent/")),
@@ -1862,7 +1884,7 @@ mod live_tests {
         let rel = cache_path(&server);
         server.write_remote(rel.strip_prefix(server.home()).unwrap(), "not runnable");
         let good = fake_agent(VERSION, 0, "");
-        let session = start_with(&ssh, REMOTE_DIR, &agent(&good), &Layout::default())
+        let session = start_with(&ssh, REMOTE_DIR, &agent(&good), &Layout::default(), SERVE)
             .unwrap_or_else(|e| panic!("{e:#}"));
         assert!(
             session.remote_path.starts_with(&format!("{shm}/agent/")),
@@ -1882,12 +1904,14 @@ mod live_tests {
         let dir = tempfile::tempdir().unwrap();
         let ssh = connect(&server, dir.path());
         let bytes = fake_agent(VERSION, 3, "disk full");
-        let session = start_with(&ssh, REMOTE_DIR, &agent(&bytes), &Layout::default()).unwrap();
+        let session =
+            start_with(&ssh, REMOTE_DIR, &agent(&bytes), &Layout::default(), SERVE).unwrap();
         let msg = format!("{:#}", session.finish().unwrap_err());
         assert!(msg.contains("exited with status 3: disk full"), "{msg}");
         assert!(msg.contains(&ssh.display().to_string()), "{msg}");
 
-        let session = start_with(&ssh, REMOTE_DIR, &agent(&bytes), &Layout::default()).unwrap();
+        let session =
+            start_with(&ssh, REMOTE_DIR, &agent(&bytes), &Layout::default(), SERVE).unwrap();
         assert_eq!(
             session.abort(),
             " (mtr-agent exited with status 3: disk full)"
@@ -1904,7 +1928,7 @@ mod live_tests {
             arch: "aarch64",
             ..agent(&bytes)
         };
-        let msg = match start_with(&ssh, REMOTE_DIR, &a, &Layout::default()) {
+        let msg = match start_with(&ssh, REMOTE_DIR, &a, &Layout::default(), SERVE) {
             Ok(_) => panic!("started an agent for another architecture"),
             Err(e) => format!("{e:#}"),
         };

@@ -37,6 +37,7 @@ const SERVER_KEYS: &[&str] = &[
     "respect_gitignore",
     "strict_host_key_checking",
     "connect_timeout",
+    "watch",
 ];
 
 /// Default SSH port.
@@ -147,6 +148,9 @@ pub struct Settings {
     pub strict_host_key_checking: HostKeyPolicy,
     /// Time allowed to establish the SSH connection (default 10 s).
     pub connect_timeout: Duration,
+    /// Leave a watcher on the server between syncs (the agent engine; default true), so a
+    /// sync that finds nothing changed there need not check the remote tree.
+    pub watch: bool,
     /// Non-fatal problems found while loading (e.g. a password in a file others can read), one
     /// line each, for the caller to print.
     pub warnings: Vec<String>,
@@ -188,6 +192,7 @@ impl fmt::Debug for Settings {
             .field("pre_cmd", &self.pre_cmd)
             .field("excludes", &self.excludes)
             .field("respect_gitignore", &self.respect_gitignore)
+            .field("watch", &self.watch)
             .field("sync", &self.sync)
             .field("download_dir", &self.download_dir)
             .field("strict_host_key_checking", &self.strict_host_key_checking)
@@ -486,6 +491,7 @@ struct RawServer {
     respect_gitignore: Option<Flag>,
     strict_host_key_checking: Option<HostKeyPolicy>,
     connect_timeout: Option<Seconds>,
+    watch: Option<Flag>,
 }
 
 impl RawServer {
@@ -514,6 +520,7 @@ impl RawServer {
                 .strict_host_key_checking
                 .or(self.strict_host_key_checking),
             connect_timeout: over.connect_timeout.or(self.connect_timeout),
+            watch: over.watch.or(self.watch),
         }
     }
 }
@@ -1001,6 +1008,7 @@ impl Merged {
             download_dir: raw.download_dir.filter(|d| !d.is_empty()).map(local_path),
             strict_host_key_checking: raw.strict_host_key_checking.unwrap_or_default(),
             connect_timeout: raw.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |s| s.0),
+            watch: raw.watch.map(|f| f.0).unwrap_or(true),
             warnings: Vec::new(),
         })
     }
@@ -1083,6 +1091,10 @@ servers:
     # Seconds allowed to connect (default 10).
     # connect_timeout: 10
 
+    # Leave a watcher on the node between syncs (default true; agent engine), so a sync that
+    # finds nothing changed there skips checking the remote tree.
+    # watch: true
+
     # Where --get puts downloads from this server (overrides defaults).
     # download_dir: "./downloads/dev-node"
 "#;
@@ -1154,6 +1166,7 @@ pub(crate) mod tests_support {
             download_dir: None,
             strict_host_key_checking: HostKeyPolicy::Yes,
             connect_timeout: Duration::from_secs(10),
+            watch: true,
             warnings: Vec::new(),
         }
     }
@@ -1647,6 +1660,21 @@ mod tests {
     }
 
     #[test]
+    fn watch_defaults_to_on_and_a_server_can_turn_it_off() {
+        let f = Fixture::new();
+        f.project_config(
+            "servers:\n  g:\n    host: h\n    remote_dir: /r\n  shared:\n    host: s\n    \
+             remote_dir: /r\n    watch: false\n",
+        );
+        assert!(f.load(Some("g")).unwrap().watch);
+        assert!(!f.load(Some("shared")).unwrap().watch);
+        f.project_config(
+            "defaults:\n  watch: off\nservers:\n  g:\n    host: h\n    remote_dir: /r\n",
+        );
+        assert!(!f.load(None).unwrap().watch);
+    }
+
+    #[test]
     fn malformed_yaml_reports_file_and_line() {
         let f = Fixture::new();
         let file = f.project_config("servers:\n  gpu:\n    host: h\n\tremote_dir: /r\n");
@@ -1850,6 +1878,7 @@ mod fuzz {
         "download_dir",
         "strict_host_key_checking",
         "connect_timeout",
+        "watch",
         "gpu",
         "dev",
         "unknown_key",

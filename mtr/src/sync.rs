@@ -158,7 +158,7 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool, local: LocalScan) -
     };
     // The agent starts while the scan goes on (a no-op sync of a large tree then costs
     // about the longer of the two, not their sum).
-    let mut agent = agent_install::start(ssh, &s.remote_dir);
+    let mut agent = agent_install::start(ssh, &s.remote_dir, s.watch);
     let wire0 = agent.as_ref().map_or((0, 0), |a| {
         (a.writer.bytes_sent(), a.reader.bytes_received())
     });

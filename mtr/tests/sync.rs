@@ -4,6 +4,7 @@
 mod util;
 
 use std::fs;
+use std::time::Duration;
 
 use testkit::sshd::Server;
 use util::{wire_bytes, Project};
@@ -37,12 +38,15 @@ fn debug_output_shows_the_agents_timeline() {
     let p = Project::new();
     p.write("train.py", "print(1)");
     p.sync();
+    // The watcher the first sync left vouches for the tree once it is up.
+    let socket = p.remote().join(".mtr-sync/watch.sock");
+    util::wait_for("the watcher", Duration::from_secs(20), || socket.exists());
     p.write("train.py", "print(2)");
     let stderr = p.sync_debug();
     // The agent's own debug lines, each once, as mtr's, with the agent's clock.
     for phase in [
+        "sink: the watcher saw no change",
         "sink: index of 1 entries loaded in",
-        "sink: 1 entries checked in",
     ] {
         let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(phase)).collect();
         assert_eq!(lines.len(), 1, "{phase}:\n{stderr}");
@@ -74,11 +78,72 @@ fn replaced_files_are_removed_after_the_session_by_the_agents_helper() {
         "old versions left in {}: {left:?}",
         staging.display()
     );
-    // The helper ends with the agent: no process of the remote user stays behind.
-    let ended = util::eventually(std::time::Duration::from_secs(10), || {
-        p.server.user_processes().is_empty()
+    // The helper ends with the agent: no process of the remote user stays behind but the
+    // tree's watcher.
+    let others = || {
+        let mut procs = p.server.user_processes();
+        procs.retain(|(_, cmd)| !is_watcher(cmd));
+        procs
+    };
+    let ended = util::eventually(std::time::Duration::from_secs(10), || others().is_empty());
+    assert!(ended, "left running: {:?}", others());
+}
+
+/// Whether a remote command line is the watcher an agent leaves over a synced tree.
+fn is_watcher(cmd: &str) -> bool {
+    let mut args = cmd.split(' ');
+    args.next().is_some_and(|a| a.ends_with("/mtr-agent")) && args.next() == Some("watch")
+}
+
+#[test]
+fn the_watcher_left_on_the_node_vouches_for_the_next_no_op() {
+    let p = Project::new();
+    testkit::gen::source_tree(p.root(), 60, 300_000, 2);
+    p.write("model/a.py", "v1");
+    p.sync();
+    let socket = p.remote().join(".mtr-sync/watch.sock");
+    util::wait_for("the watcher's socket", Duration::from_secs(20), || {
+        socket.exists()
     });
-    assert!(ended, "left running: {:?}", p.server.user_processes());
+    let watchers = || {
+        let mut procs = p.server.user_processes();
+        procs.retain(|(_, cmd)| is_watcher(cmd));
+        procs
+    };
+    assert_eq!(watchers().len(), 1, "{:?}", p.server.user_processes());
+    // The no-op: the sink neither checks nor reads its index, and the watcher watches on.
+    let log = p.sync_debug();
+    assert!(log.contains("the watcher saw no change"), "{log}");
+    assert!(
+        !log.contains("sink: ") || !log.contains("entries checked"),
+        "{log}"
+    );
+    assert!(!log.contains("sink: index of"), "{log}");
+    assert_eq!(watchers().len(), 1, "{:?}", p.server.user_processes());
+    // A job on the node writes over a synced file: the watcher ends, and the next sync checks
+    // the tree and puts the file back.
+    let edited = format!("{}/model/a.py", p.remote_rel);
+    p.server.write_remote(&edited, "edited on the node");
+    util::wait_for("the watcher to end", Duration::from_secs(20), || {
+        !socket.exists()
+    });
+    let log = p.sync_debug();
+    assert!(log.contains(", 1 changed"), "{log}");
+    p.assert_synced();
+    util::wait_for("a new watcher", Duration::from_secs(20), || socket.exists());
+    assert_eq!(watchers().len(), 1, "{:?}", p.server.user_processes());
+    // `watch: false`: the sync ends the watcher and leaves none.
+    p.write_config("    watch: false\n");
+    let log = p.sync_debug();
+    assert!(log.contains(", 0 changed"), "{log}");
+    util::wait_for("no watcher", Duration::from_secs(20), || {
+        watchers().is_empty() && !socket.exists()
+    });
+    p.write("model/a.py", "v2");
+    p.sync();
+    p.assert_synced();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(watchers().is_empty(), "{:?}", p.server.user_processes());
 }
 
 #[test]
@@ -155,9 +220,10 @@ fn an_agent_of_another_version_is_replaced_never_used() {
         .unwrap()
         .clone();
     let good = p.server.run_as_user_ok(&format!("cksum < {current}"));
-    // Replace the current agent with an impostor that greets with the wrong version.
+    // Replace the current agent with an impostor that greets with the wrong version (beside
+    // it, then renamed over it: the tree's watcher runs the binary).
     p.server.run_as_user_ok(&format!(
-        "printf '#!/bin/sh\\necho impostor\\nexit 1\\n' > {current} && chmod 700 {current}"
+        "printf '#!/bin/sh\\necho impostor\\nexit 1\\n' > {current}.new && chmod 700 {current}.new && mv {current}.new {current}"
     ));
     p.write("b.py", "b");
     p.sync();

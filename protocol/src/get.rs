@@ -318,6 +318,7 @@ pub fn receive<R: Read, W: Write>(
         options: SinkOptions::download(&name),
         dry_run: cfg.dry_run,
         remover: None,
+        watch: false,
     })?;
     sink.greet(w, version)?;
     let result = drive(&mut sink, r, w, cfg.dry_run, progress);

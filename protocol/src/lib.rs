@@ -25,6 +25,7 @@ pub mod paths;
 pub mod scan;
 pub mod sink;
 pub mod source;
+pub mod watch;
 pub mod wire;
 
 pub use error::{Error, Result};

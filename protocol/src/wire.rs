@@ -257,6 +257,13 @@ pub struct SinkIndex {
     pub records: Vec<SinkRecord>,
 }
 
+/// The leading fields of a [`SinkIndex`]: decoding one reads no record.
+#[derive(bincode::Decode, Clone, Debug, Default)]
+pub struct SinkIndexHead {
+    pub protocol: u32,
+    pub token: Option<Hash>,
+}
+
 /// The source's persisted chunk index for one local tree: stat → chunks, so unchanged files are
 /// never re-read.
 #[derive(Serialize, Deserialize, bincode::Encode, bincode::Decode, Clone, Debug, Default)]
