@@ -228,8 +228,10 @@ impl Claim {
 /// Keeps watch over `root`, an upload's root with its state in `root/.mtr-sync/`, until
 /// something there changes, a sync takes it over, or `idle` passes without a sync; answers
 /// syncs' [`claim`]s meanwhile. Returns why it ended. Run by `mtr-agent watch ROOT` in a
-/// process of its own.
-pub fn keep(root: &Path, idle: Duration) -> Stop {
+/// process of its own. `settled` is called once, when the watcher is set up and answers:
+/// the index it loaded to check the tree is freed by then, and the caller can return that
+/// memory to the system (a watcher idles for hours).
+pub fn keep(root: &Path, idle: Duration, settled: &dyn Fn()) -> Stop {
     let state = root.join(STATE_DIR);
     let lock = match File::options()
         .create(true)
@@ -260,6 +262,7 @@ pub fn keep(root: &Path, idle: Duration) -> Stop {
         Ok(l) => l,
         Err(e) => return Stop::Unwatchable(format!("{}: {e}", state.join(SOCKET).display())),
     };
+    settled();
     let stop = watcher.serve(&listener, idle);
     // Ours to remove: the lock is held until this process ends.
     let _ = at(&state, SOCKET, |p| fs::remove_file(p));

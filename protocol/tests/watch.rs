@@ -84,7 +84,8 @@ impl Pair {
 
     /// Starts a watcher over the sink's root and waits until it answers.
     fn watch(&self, root: PathBuf) -> JoinHandle<Stop> {
-        let watcher = std::thread::spawn(move || watch::keep(&root, Duration::from_secs(600)));
+        let watcher =
+            std::thread::spawn(move || watch::keep(&root, Duration::from_secs(600), &|| ()));
         let socket = self.socket();
         wait_for("the watcher's socket", || {
             assert!(
@@ -255,7 +256,7 @@ fn one_watcher_per_root_and_none_without_a_finished_sync() {
     // A second watcher waits for the first, which answers on: it gives up.
     let second = std::thread::spawn({
         let root = root.clone();
-        move || watch::keep(&root, Duration::from_secs(600))
+        move || watch::keep(&root, Duration::from_secs(600), &|| ())
     });
     assert_eq!(second.join().unwrap(), Stop::Busy);
     assert!(!w.is_finished());
@@ -266,13 +267,16 @@ fn one_watcher_per_root_and_none_without_a_finished_sync() {
     ended(w);
     fs::remove_file(p.remote(".mtr-sync/index")).unwrap();
     assert!(matches!(
-        watch::keep(&root, Duration::from_secs(600)),
+        watch::keep(&root, Duration::from_secs(600), &|| ()),
         Stop::Unwatchable(_)
     ));
     // An idle watcher ends on its own and takes its socket along.
     let p = Pair::new();
     let root = p.sync().unwrap();
-    assert_eq!(watch::keep(&root, Duration::from_millis(300)), Stop::Idle);
+    assert_eq!(
+        watch::keep(&root, Duration::from_millis(300), &|| ()),
+        Stop::Idle
+    );
     assert!(!p.socket().exists());
 }
 
