@@ -404,7 +404,7 @@ impl Watcher {
             .map_or(Ok(watcher), |c| Err(Stop::Changed(c)))
     }
 
-    /// What changed, if anything: the events queued, then the index and the root.
+    /// What changed, if anything: the events queued, then the index file (replaced).
     fn changed(&self) -> Option<String> {
         self.drain().or_else(|| {
             (Identity::of(&self.index) != Some(self.index_id)).then(|| "the index".into())
