@@ -326,8 +326,7 @@ impl Kill {
 
 /// The agent itself (`…/mtr-agent serve`), not the `sh -c` launch script that waits for it.
 fn is_agent(cmd: &str) -> bool {
-    let mut args = cmd.split(' ');
-    args.next().is_some_and(|a| a.ends_with("/mtr-agent")) && args.next() == Some("serve")
+    util::runs_agent(cmd, "serve")
 }
 
 fn is_launcher(cmd: &str) -> bool {

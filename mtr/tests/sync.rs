@@ -91,8 +91,7 @@ fn replaced_files_are_removed_after_the_session_by_the_agents_helper() {
 
 /// Whether a remote command line is the watcher an agent leaves over a synced tree.
 fn is_watcher(cmd: &str) -> bool {
-    let mut args = cmd.split(' ');
-    args.next().is_some_and(|a| a.ends_with("/mtr-agent")) && args.next() == Some("watch")
+    util::runs_agent(cmd, "watch")
 }
 
 #[test]

@@ -602,6 +602,19 @@ pub(crate) struct Sink {
 /// it. The error is one sentence: the peer adds where (host, directory), so it names only the
 /// lock and what to do.
 fn lock(path: &Path) -> Result<File> {
+    take_lock(path, LOCK_TIMEOUT, Duration::from_millis(100))?.ok_or_else(|| {
+        Error::Conflict(format!(
+            "another mtr sync still holds the lock {} after {} s; let it finish, then run mtr \
+             again",
+            path.display(),
+            LOCK_TIMEOUT.as_secs()
+        ))
+    })
+}
+
+/// Open (creating it, mode 0600) the lock file at `path` and take an exclusive `flock` on it,
+/// trying every `every` for up to `timeout`: `None` if another process still holds it then.
+pub(crate) fn take_lock(path: &Path, timeout: Duration, every: Duration) -> Result<Option<File>> {
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -613,21 +626,16 @@ fn lock(path: &Path) -> Result<File> {
     loop {
         // SAFETY: flock on a valid open descriptor.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(f);
+            return Ok(Some(f));
         }
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
             return Err(Error::io("lock", path, e));
         }
-        if start.elapsed() > LOCK_TIMEOUT {
-            return Err(Error::Conflict(format!(
-                "another mtr sync still holds the lock {} after {} s; let it finish, then run \
-                 mtr again",
-                path.display(),
-                LOCK_TIMEOUT.as_secs()
-            )));
+        if start.elapsed() > timeout {
+            return Ok(None);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(every);
     }
 }
 

@@ -39,7 +39,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::paths::{Root, STATE_DIR};
+use crate::scan::stat_of;
 use crate::sink;
+use crate::wire::StatKey;
 
 /// The watcher's socket, in the state directory.
 pub const SOCKET: &str = "watch.sock";
@@ -111,13 +113,10 @@ pub enum Stop {
 }
 
 /// What names a file's version: the index a watcher vouches for, and the root.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Identity {
     dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
+    stat: StatKey,
 }
 
 impl Identity {
@@ -127,35 +126,34 @@ impl Identity {
         let m = fs::symlink_metadata(path).ok()?;
         Some(Identity {
             dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            stat: stat_of(&m),
         })
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.dev.to_le_bytes());
-        out.extend_from_slice(&self.ino.to_le_bytes());
-        out.extend_from_slice(&self.size.to_le_bytes());
-        out.extend_from_slice(&self.mtime_ns.to_le_bytes());
-        out.extend_from_slice(&self.ctime_ns.to_le_bytes());
+        out.extend_from_slice(&self.stat.ino.to_le_bytes());
+        out.extend_from_slice(&self.stat.size.to_le_bytes());
+        out.extend_from_slice(&self.stat.mtime_ns.to_le_bytes());
+        out.extend_from_slice(&self.stat.ctime_ns.to_le_bytes());
     }
 
     fn decode(b: &[u8]) -> Identity {
         let word = |i: usize| <[u8; 8]>::try_from(&b[i * 8..i * 8 + 8]).expect("8 bytes");
         Identity {
             dev: u64::from_le_bytes(word(0)),
-            ino: u64::from_le_bytes(word(1)),
-            size: u64::from_le_bytes(word(2)),
-            mtime_ns: i64::from_le_bytes(word(3)),
-            ctime_ns: i64::from_le_bytes(word(4)),
+            stat: StatKey {
+                ino: u64::from_le_bytes(word(1)),
+                size: u64::from_le_bytes(word(2)),
+                mtime_ns: i64::from_le_bytes(word(3)),
+                ctime_ns: i64::from_le_bytes(word(4)),
+            },
         }
     }
 
     /// The same directory (its times change with its entries).
     fn same_dir(&self, other: &Identity) -> bool {
-        self.dev == other.dev && self.ino == other.ino
+        self.dev == other.dev && self.stat.ino == other.stat.ino
     }
 }
 
@@ -233,19 +231,11 @@ impl Claim {
 /// memory to the system (a watcher idles for hours).
 pub fn keep(root: &Path, idle: Duration, settled: &dyn Fn()) -> Stop {
     let state = root.join(STATE_DIR);
-    let lock = match File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(state.join(LOCK))
-    {
-        Ok(f) => f,
-        Err(e) => return Stop::Unwatchable(format!("{}: {e}", state.join(LOCK).display())),
+    let _lock = match sink::take_lock(&state.join(LOCK), LOCK_TIMEOUT, Duration::from_millis(20)) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Stop::Busy,
+        Err(e) => return Stop::Unwatchable(e.to_string()),
     };
-    if !lock_within(&lock, LOCK_TIMEOUT) {
-        return Stop::Busy;
-    }
     let watcher = match Watcher::start(root, &state) {
         Ok(w) => w,
         Err(stop) => return stop,
@@ -267,21 +257,6 @@ pub fn keep(root: &Path, idle: Duration, settled: &dyn Fn()) -> Stop {
     // Ours to remove: the lock is held until this process ends.
     let _ = at(&state, SOCKET, |p| fs::remove_file(p));
     stop
-}
-
-/// Takes an exclusive `flock` on `f`, trying for up to `timeout`.
-fn lock_within(f: &File, timeout: Duration) -> bool {
-    let start = Instant::now();
-    loop {
-        // SAFETY: flock on an open descriptor.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return true;
-        }
-        if start.elapsed() > timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A watched directory: its path relative to the root ("" the root itself) and the names of
@@ -320,9 +295,6 @@ impl Watcher {
         let (token, records) = sink::load_records(state, None);
         if token.is_none() {
             return Err(unwatchable("the index records no finished sync".into()));
-        }
-        if Identity::of(&index) != Some(index_id) {
-            return Err(Stop::Changed("the index was replaced".into()));
         }
         let dirs: Vec<&str> = std::iter::once("")
             .chain(records.iter().filter(|r| r.is_dir()).map(|r| r.path()))

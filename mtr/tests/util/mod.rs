@@ -197,3 +197,10 @@ pub fn amount(stderr: &str, what: &str) -> u64 {
     };
     (num * mult) as u64
 }
+
+/// Whether a remote command line (`/proc/PID/cmdline`, space-joined) is `mtr-agent` running
+/// `subcommand` (`serve`, `watch`, ...).
+pub fn runs_agent(cmd: &str, subcommand: &str) -> bool {
+    let mut args = cmd.split(' ');
+    args.next().is_some_and(|a| a.ends_with("/mtr-agent")) && args.next() == Some(subcommand)
+}
