@@ -231,6 +231,55 @@ pub fn moves(
     out
 }
 
+/// What the directory moves of a diff stand for: every path under a moved directory that is
+/// the same (kind, content, metadata) as its counterpart under the directory it moves from.
+/// Neither its upsert nor the counterpart's delete is sent: the sink's move of the directory
+/// makes them. Should the sink refuse a move, both are sent after all (see [`Op::Move`]).
+///
+/// [`Op::Move`]: crate::wire::Op::Move
+#[derive(Debug, Default)]
+pub struct Implied {
+    /// Upserted path → the moved directory that stands for it.
+    pub upserts: HashMap<String, String>,
+    /// Deleted path → the moved directory that stands for its delete.
+    pub deletes: HashMap<String, String>,
+}
+
+/// The paths the directory moves in `moves` (from [`moves`]) stand for.
+pub fn implied(
+    base: &Manifest,
+    current: &Manifest,
+    moves: &HashMap<String, String>,
+    d: &Diff,
+) -> Implied {
+    let mut out = Implied::default();
+    let dirs: Vec<(&String, &String)> = moves
+        .iter()
+        .filter(|(to, _)| matches!(current.get(*to), Some(EntryKind::Dir)))
+        .collect();
+    if dirs.is_empty() {
+        return out;
+    }
+    let deleted: HashSet<&str> = d.deletes.iter().map(String::as_str).collect();
+    for (to, from) in dirs {
+        let prefix = format!("{to}/");
+        for (p, kind) in current
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+        {
+            let old = format!("{from}/{}", &p[prefix.len()..]);
+            if moves.contains_key(p) || !deleted.contains(old.as_str()) {
+                continue;
+            }
+            if base.get(&old) == Some(kind) {
+                out.upserts.insert(p.clone(), to.clone());
+                out.deletes.insert(old, to.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Whether every path under `from` in `base` has a counterpart of the same kind under `to` in
 /// `current`, none of them changed on the sink's side.
 fn subtree_fits(

@@ -1505,6 +1505,7 @@ impl Sink {
     ) -> Result<()> {
         let mut need = Need::default();
         let mut copies: Vec<Copy> = Vec::new();
+        let mut refused = Vec::new();
         for op in ops {
             match op {
                 Op::Delete { path } => {
@@ -1537,7 +1538,14 @@ impl Sink {
                     self.admit(&entry.path)?;
                     self.changes += 1;
                     let moved = match &entry.kind {
-                        EntryKind::Dir => self.move_dir(&from, &entry)?,
+                        EntryKind::Dir => {
+                            let moved = self.move_dir(&from, &entry)?;
+                            if !moved {
+                                // The source sends what the move stood for.
+                                refused.push(entry.path.clone());
+                            }
+                            moved
+                        }
                         EntryKind::File { .. } => self.move_file(&from, &entry)?,
                         EntryKind::Symlink { .. } => false,
                     };
@@ -1548,6 +1556,10 @@ impl Sink {
                     }
                 }
             }
+        }
+        if !refused.is_empty() {
+            log::debug!("sink: {} directory move(s) refused", refused.len());
+            w.msg(&FromSink::Refused { moves: refused })?;
         }
         // Ask for what is missing first, so the source reads and sends while we copy.
         w.msg(&FromSink::Need {

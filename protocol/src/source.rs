@@ -2,7 +2,7 @@
 //! runs it over the project for an upload; `mtr-agent send` over one remote path for a
 //! download ([`crate::get`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -151,8 +151,6 @@ const BATCH_OPS: usize = 2048;
 const BATCH_FILES: usize = 256;
 /// Content bytes per batch.
 const BATCH_BYTES: u64 = 256 << 20;
-/// At most this many files under moved directories in a batch (they count as no files).
-const IMPLIED_FILES: usize = 4 * BATCH_FILES;
 /// `Need` rounds answered per batch. An honest sink asks at most twice: once for the chunks
 /// it lacks, and once more for those whose copy from a file on its side it found stale (the
 /// file changed after the copy was planned; see `Sink::apply`). A third round is a sink that
@@ -181,6 +179,7 @@ fn what(m: &FromSink) -> &'static str {
         FromSink::BatchDone => "BatchDone",
         FromSink::Committed { .. } => "Committed",
         FromSink::Error { .. } => "Error",
+        FromSink::Refused { .. } => "Refused",
     }
 }
 
@@ -441,74 +440,73 @@ pub(crate) fn push<R: Read, W: Write>(
         return Ok(report);
     }
 
-    // Renamed paths are moved on the sink's side rather than rebuilt.
+    // Renamed paths are moved on the sink's side rather than rebuilt; what is the same under
+    // a moved directory as where it moves from is not sent at all, unless the sink refuses the
+    // move (`FromSink::Refused`): then it follows, in the batches after.
     let moves = manifest::moves(&base, &tree.entries, &d, &force);
-    // Files under a directory the sink moves need no data: they do not count toward a
-    // batch's files and bytes (a renamed tree of 3,000 files goes in 3 batches, not 12).
-    let moved_dirs: HashSet<&str> = moves
-        .keys()
-        .filter(|p| matches!(tree.entries.get(*p), Some(EntryKind::Dir)))
-        .map(String::as_str)
-        .collect();
+    let implied = manifest::implied(&base, &tree.entries, &moves, &d);
+    let mut refused: HashSet<String> = HashSet::new();
+    let mut pending: VecDeque<&(String, bool)> = VecDeque::new();
     // Batches are made as they are sent: a first sync of 100k files holds one batch of ops
     // (and their chunk lists) at a time, not all of them.
-    let mut upserts = d.upserts.iter();
-    let mut tail = d
-        .deletes
+    let mut upserts = d
+        .upserts
         .iter()
-        .map(|p| Op::Delete { path: p.clone() })
-        .chain(d.forgets.iter().map(|p| Op::Forget { path: p.clone() }));
-    let mut next_batch = || -> Option<Vec<Op>> {
-        let (mut ops, mut files, mut bytes) = (Vec::new(), 0usize, 0u64);
-        let mut implied = 0usize;
-        for (path, content) in upserts.by_ref() {
-            let kind = tree.entries[path].clone();
-            let chunks = match (&kind, content) {
-                (EntryKind::File { size, .. }, true) => {
-                    if manifest::under_any(&moved_dirs, path) {
-                        implied += 1;
-                    } else {
+        .filter(|(p, _)| !implied.upserts.contains_key(p));
+    let mut tail: Option<Box<dyn Iterator<Item = Op> + '_>> = None;
+    let mut next_batch =
+        |pending: &mut VecDeque<&(String, bool)>, refused: &HashSet<String>| -> Option<Vec<Op>> {
+            let (mut ops, mut files, mut bytes) = (Vec::new(), 0usize, 0u64);
+            while let Some((path, content)) = pending.pop_front().or_else(|| upserts.next()) {
+                let kind = tree.entries[path].clone();
+                let chunks = match (&kind, content) {
+                    (EntryKind::File { size, .. }, true) => {
                         files += 1;
                         bytes += size;
+                        Some(file_chunks(tree, path).to_vec())
                     }
-                    Some(file_chunks(tree, path).to_vec())
+                    _ => None,
+                };
+                let entry = Entry {
+                    path: path.clone(),
+                    kind,
+                };
+                ops.push(match moves.get(path) {
+                    Some(from) => Op::Move {
+                        from: from.clone(),
+                        entry,
+                        chunks,
+                    },
+                    None => Op::Upsert { entry, chunks },
+                });
+                if ops.len() >= BATCH_OPS || files >= BATCH_FILES || bytes >= BATCH_BYTES {
+                    return Some(ops);
                 }
-                _ => None,
-            };
-            let entry = Entry {
-                path: path.clone(),
-                kind,
-            };
-            ops.push(match moves.get(path) {
-                Some(from) => Op::Move {
-                    from: from.clone(),
-                    entry,
-                    chunks,
-                },
-                None => Op::Upsert { entry, chunks },
-            });
-            // A move the sink cannot make builds those files after all: a bound on them too
-            // (each holds two descriptors during the batch).
-            if ops.len() >= BATCH_OPS
-                || files >= BATCH_FILES
-                || implied >= IMPLIED_FILES
-                || bytes >= BATCH_BYTES
-            {
+            }
+            if !ops.is_empty() {
                 return Some(ops);
             }
-        }
-        if !ops.is_empty() {
-            return Some(ops);
-        }
-        // Deletes last, so deleted files can still serve chunks to renamed ones.
-        let part: Vec<Op> = tail.by_ref().take(BATCH_OPS).collect();
-        (!part.is_empty()).then_some(part)
-    };
+            // Deletes last, so deleted files can still serve chunks to renamed ones. Every move
+            // has been answered by now: the deletes a refused one stood for are sent too.
+            let tail = tail.get_or_insert_with(|| {
+                let refused = refused.clone();
+                let implied = &implied.deletes;
+                Box::new(
+                    d.deletes
+                        .iter()
+                        .filter(move |p| implied.get(*p).is_none_or(|dir| refused.contains(dir)))
+                        .map(|p| Op::Delete { path: p.clone() })
+                        .chain(d.forgets.iter().map(|p| Op::Forget { path: p.clone() })),
+                )
+            });
+            let part: Vec<Op> = tail.by_ref().take(BATCH_OPS).collect();
+            (!part.is_empty()).then_some(part)
+        };
 
     let total: u64 = d
         .upserts
         .iter()
-        .filter(|(_, c)| *c)
+        .filter(|(p, c)| *c && !implied.upserts.contains_key(p))
         .filter_map(|(p, _)| match &tree.entries[p] {
             EntryKind::File { size, .. } => Some(*size),
             _ => None,
@@ -516,7 +514,21 @@ pub(crate) fn push<R: Read, W: Write>(
         .sum();
     progress.phase("send", total);
     let pace = Pace::new();
-    while let Some(batch) = next_batch() {
+    while let Some(batch) = next_batch(&mut pending, &refused) {
+        let dir_moves: HashSet<String> = batch
+            .iter()
+            .filter_map(|op| match op {
+                Op::Move {
+                    entry:
+                        Entry {
+                            path,
+                            kind: EntryKind::Dir,
+                        },
+                    ..
+                } => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
         let locs: HashMap<Hash, (String, u64, u32)> = batch
             .iter()
             .filter_map(|op| match op {
@@ -569,6 +581,24 @@ pub(crate) fn push<R: Read, W: Write>(
         let (mut rounds, mut requested) = (0usize, 0usize);
         loop {
             let hashes = match reply {
+                FromSink::Refused { moves } if rounds == 0 => {
+                    for dir in moves {
+                        if !dir_moves.contains(&dir) || !refused.insert(dir.clone()) {
+                            return Err(Error::Protocol(format!(
+                                "the receiving side refused a move of {dir:?} it was not \
+                                 asked to make"
+                            )));
+                        }
+                        log::debug!("the receiving side does not move {dir}: sending its files");
+                        pending.extend(
+                            d.upserts
+                                .iter()
+                                .filter(|(p, _)| implied.upserts.get(p) == Some(&dir)),
+                        );
+                    }
+                    reply = expect(r, "ops")?;
+                    continue;
+                }
                 FromSink::Need { hashes } => hashes,
                 FromSink::BatchDone => break,
                 m => return Err(Error::Protocol(format!("expected Need, got {}", what(&m)))),

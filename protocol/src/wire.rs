@@ -68,9 +68,13 @@ pub enum Op {
     },
     /// Create `entry` by renaming `from`, a path the sink holds that the same sync deletes (a
     /// rename on the source's side): a file of the same content, or a directory whose every
-    /// path has a counterpart under `entry` (what differs follows as ops of its own). When
-    /// `from` cannot serve (changed on the sink's side, or holding files mtr did not write)
-    /// this is an `Upsert` of `entry` with `chunks`, and `from` is left for its `Delete`.
+    /// path has a counterpart under `entry`. A directory's move stands for the paths under it
+    /// that are the same as their counterparts under `from`: neither their upserts nor the
+    /// counterparts' deletes are sent (what differs follows as ops of its own). When `from`
+    /// cannot serve (changed on the sink's side, or holding files mtr did not write) this is
+    /// an `Upsert` of `entry` with `chunks`, and `from` is left for its `Delete`; a directory
+    /// the sink does not move it names in [`FromSink::Refused`], and the source then sends
+    /// what the move stood for.
     Move {
         from: String,
         entry: Entry,
@@ -192,6 +196,12 @@ pub enum FromSink {
     /// A fatal error; the session ends after it.
     Error {
         message: String,
+    },
+    /// Before the `Need` of a batch: the directories of its [`Op::Move`]s that the sink did not
+    /// move (built as new, empty directories instead). The source sends the upserts and
+    /// deletes those moves stood for in the batches that follow.
+    Refused {
+        moves: Vec<String>,
     },
 }
 

@@ -412,12 +412,15 @@ fn a_copy_source_changed_during_the_session_is_requested_instead() {
 }
 
 /// Run `ops` to completion (answering `Need` with nothing) and commit; the sink must not fail.
-fn applied(root: &Path, ops: Vec<Op>) {
+/// Returns the directory moves it refused.
+fn applied(root: &Path, ops: Vec<Op>) -> Vec<String> {
     let mut p = connect(root);
     p.w.msg(&ToSink::Ops { ops }).unwrap();
     p.w.flush().unwrap();
+    let mut refused = Vec::new();
     loop {
         match p.r.msg::<FromSink>().unwrap() {
+            FromSink::Refused { moves } => refused.extend(moves),
             FromSink::Need { hashes } => {
                 assert!(hashes.is_empty(), "the sink wanted data");
                 p.w.msg(&ToSink::DataEnd).unwrap();
@@ -436,6 +439,7 @@ fn applied(root: &Path, ops: Vec<Op>) {
     ));
     drop(p.w);
     p.sink.join().unwrap().unwrap();
+    refused
 }
 
 #[test]
@@ -477,7 +481,7 @@ fn moves_from_unsafe_or_foreign_paths_move_nothing() {
         path: path.into(),
         kind: EntryKind::Dir,
     };
-    applied(
+    let refused = applied(
         root.path(),
         vec![
             Op::Move {
@@ -496,6 +500,8 @@ fn moves_from_unsafe_or_foreign_paths_move_nothing() {
             },
         ],
     );
+    // Each refused move is named, so the source sends what it would have stood for.
+    assert_eq!(refused, ["moved", "mine/inner"]);
     assert_eq!(fs::read(root.path().join("theirs_dir/x")).unwrap(), b"x");
     assert!(root.path().join("moved").is_dir());
     assert!(!root.path().join("moved/x").exists());

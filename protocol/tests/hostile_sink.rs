@@ -60,9 +60,9 @@ struct Seen {
 type Script = dyn Fn(usize, &[Hash]) -> Option<Vec<Hash>> + Send;
 
 /// The fake agent: greets, lists an empty index, answers each batch as `script` says
-/// (reading the data frames and `DataEnd` after each `Need`), commits, and stops when the
-/// source hangs up or says `Bye`.
-fn fake_sink(stream: UnixStream, script: Box<Script>) -> Seen {
+/// (reading the data frames and `DataEnd` after each `Need`; before the first, `Refused` of
+/// `refuse` when it is not empty), commits, and stops when the source hangs up or says `Bye`.
+fn fake_sink(stream: UnixStream, refuse: Vec<String>, script: Box<Script>) -> Seen {
     let mut r = FrameReader::new(stream.try_clone().unwrap());
     let mut w = FrameWriter::new(stream);
     let mut seen = Seen::default();
@@ -104,6 +104,12 @@ fn fake_sink(stream: UnixStream, script: Box<Script>) -> Seen {
                     }
                 }
                 seen.offered += hashes.len();
+                if !refuse.is_empty() {
+                    let moves = refuse.clone();
+                    if w.msg(&FromSink::Refused { moves }).is_err() {
+                        return seen;
+                    }
+                }
                 let mut round = 0;
                 loop {
                     let Some(need) = script(round, &hashes) else {
@@ -161,9 +167,18 @@ fn fake_sink(stream: UnixStream, script: Box<Script>) -> Seen {
 /// The real source syncs `root` to the fake sink running `script`: the source's result
 /// (its error as displayed) and what the sink saw. Panics if the session outlasts [`TIMEOUT`].
 fn session(root: &Path, script: Box<Script>) -> (Result<Report, String>, Seen) {
+    session_refusing(root, Vec::new(), script)
+}
+
+/// [`session`] with a sink that says it refused the moves of `refuse`.
+fn session_refusing(
+    root: &Path,
+    refuse: Vec<String>,
+    script: Box<Script>,
+) -> (Result<Report, String>, Seen) {
     let state = tempfile::tempdir().unwrap();
     let (a, b) = UnixStream::pair().unwrap();
-    let sink = std::thread::spawn(move || fake_sink(b, script));
+    let sink = std::thread::spawn(move || fake_sink(b, refuse, script));
     let (tx, rx) = mpsc::channel();
     let root: PathBuf = root.to_path_buf();
     let state_dir = state.path().to_path_buf();
@@ -277,4 +292,24 @@ fn an_honest_second_round_for_some_chunks_is_answered() {
     assert_eq!(seen.rounds, 2, "{seen:?}");
     assert_eq!(report.chunks_sent, seen.offered as u64 + 2);
     assert!(seen.bytes > tree && seen.bytes < 2 * tree, "{seen:?}");
+}
+
+#[test]
+fn a_sink_refusing_a_move_it_was_not_asked_for_is_refused() {
+    // A first sync has no moves: a sink that says it refused one lies, and the source must
+    // not send what such a move would have stood for.
+    let root = tempfile::tempdir().unwrap();
+    populate(root.path());
+    let (result, seen) = session_refusing(
+        root.path(),
+        vec!["f0.bin".into()],
+        Box::new(|round, hashes| (round == 0).then(|| hashes.to_vec())),
+    );
+    let err = result.unwrap_err();
+    assert!(
+        err.contains("refused a move of \"f0.bin\" it was not asked to make"),
+        "{err}"
+    );
+    assert_eq!(seen.chunks, 0, "data was sent after a false refusal");
+    assert!(!seen.committed);
 }

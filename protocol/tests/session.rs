@@ -6,6 +6,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use protocol::chunker::Chunker;
 use protocol::codec::{FrameReader, FrameWriter};
@@ -27,6 +29,25 @@ struct Pair {
     between: Option<Box<dyn Fn()>>,
     /// The segments sent as prefills by the last sync.
     prefilled: std::sync::Mutex<Vec<Segment>>,
+    /// Bytes the source wrote to the sink in the last sync.
+    sent: Arc<AtomicU64>,
+}
+
+/// A writer that counts what goes through it.
+struct Counting<W> {
+    inner: W,
+    n: Arc<AtomicU64>,
+}
+
+impl<W: std::io::Write> std::io::Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl Pair {
@@ -41,6 +62,7 @@ impl Pair {
             prefill: false,
             between: None,
             prefilled: Default::default(),
+            sent: Default::default(),
         }
     }
     fn src(&self) -> &Path {
@@ -58,7 +80,11 @@ impl Pair {
             protocol::sink::serve(r, b, VERSION)
         });
         let mut r = FrameReader::new(a.try_clone().unwrap());
-        let mut w = FrameWriter::new(a);
+        self.sent.store(0, Ordering::Relaxed);
+        let mut w = FrameWriter::new(Counting {
+            inner: a,
+            n: self.sent.clone(),
+        });
         let ack = source::handshake(&mut r, &mut w, dst.to_str().unwrap(), VERSION)?;
         let filter = Filter::new(
             self.src(),
@@ -509,6 +535,10 @@ fn a_renamed_directory_is_moved_on_the_sink_without_data() {
 
     fs::rename(s.join("vendored"), s.join("vendored_v2")).unwrap();
     let r = p.sync();
+    // The move stands for the 30 files, 5 directories and the link under it: only the move,
+    // the deletes of what is not under the directory (none) and the commit are sent.
+    let sent = p.sent.load(Ordering::Relaxed);
+    assert!(sent < 600, "{sent} bytes sent for a renamed directory");
     assert_eq!(r.raw_bytes_sent, 0, "a renamed directory resent data");
     assert_eq!(
         r.sink.bytes_copied_locally, 0,
@@ -585,6 +615,9 @@ fn a_directory_holding_remote_files_is_not_moved_and_they_stay() {
     assert_eq!(fs::read(p.dst().join("data2/x.bin")).unwrap(), payload);
     assert!(!p.dst().join("data/x.bin").exists());
     assert!(!p.dst().join("data2/remote.log").exists());
+    // What the refused move stood for was sent instead, and recorded.
+    let r = p.try_sync(false).unwrap();
+    assert!(r.no_op, "{:?}", r.plan);
 }
 
 #[test]
