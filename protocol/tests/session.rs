@@ -496,6 +496,47 @@ fn long_chunk_lists_kept_aside_serve_later_syncs() {
     assert_eq!(listed(), 2, "both files' lists are kept aside again");
 }
 
+#[test]
+fn a_long_list_no_sync_reads_stays_kept_aside_through_moves_and_touches() {
+    let p = Pair::new();
+    let aside = p.dst().join(".mtr-sync/chunks");
+    let listed = || fs::read_dir(&aside).map_or(0, |rd| rd.count());
+    let mut big = Rng(24).bytes(32 << 20);
+    fs::create_dir(p.src().join("ckpt")).unwrap();
+    fs::write(p.src().join("ckpt/big.bin"), &big).unwrap();
+    fs::write(p.src().join("small.txt"), "small").unwrap();
+    // Enough short lists that an edit's chunks are looked up in them alone.
+    fs::create_dir(p.src().join("src")).unwrap();
+    for i in 0..40 {
+        fs::write(p.src().join(format!("src/m{i}.py")), format!("# {i}")).unwrap();
+    }
+    p.sync();
+    assert_eq!(listed(), 1);
+    // Syncs that never need the big file's list (its directory renamed with an edit beside
+    // it; then the file touched) move and re-record it unread: it must stay kept aside.
+    fs::rename(p.src().join("ckpt"), p.src().join("ckpt2")).unwrap();
+    fs::write(p.src().join("small.txt"), "edited").unwrap();
+    let r = p.sync();
+    assert_eq!(r.raw_bytes_sent, 6);
+    assert_eq!(listed(), 1, "the moved file's list was dropped");
+    let f = fs::File::options()
+        .write(true)
+        .open(p.src().join("ckpt2/big.bin"))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    drop(f);
+    let r = p.sync();
+    assert_eq!(r.raw_bytes_sent, 0);
+    assert_eq!(listed(), 1, "the touched file's list was dropped");
+    // Then an edit in its middle reuses the rest through that list.
+    big[16 << 20..(16 << 20) + 1000].fill(7);
+    fs::write(p.src().join("ckpt2/big.bin"), &big).unwrap();
+    let r = p.sync();
+    assert!(r.raw_bytes_sent < 1 << 20, "{}", r.raw_bytes_sent);
+    assert!(r.sink.bytes_copied_locally > 30 << 20, "{:?}", r.sink);
+}
+
 /// Inode numbers of the regular files under `root`, by relative path.
 fn inodes(root: &Path) -> BTreeMap<String, u64> {
     use std::os::unix::fs::MetadataExt;
