@@ -182,16 +182,26 @@ impl Filter {
         self.excluded_by(rel, is_dir, &rules)
     }
 
-    /// Is `rel` or any of its parent directories excluded?
+    /// Is `rel` or any of its parent directories excluded? Each directory's rules are made
+    /// once, on the way down (a diff asks this of every deleted path).
     pub fn excluded(&self, rel: &str, is_dir: bool) -> bool {
+        if self.everything {
+            return rel == STATE_DIR
+                || rel
+                    .strip_prefix(STATE_DIR)
+                    .is_some_and(|r| r.starts_with('/'));
+        }
+        let mut rules = self.rules_in("", &Rules::default(), None);
         let mut end = 0;
         while let Some(i) = rel[end..].find('/') {
-            if self.excluded_here(&rel[..end + i], true) {
+            let dir = &rel[..end + i];
+            if self.excluded_by(dir, true, &rules) {
                 return true;
             }
+            rules = self.rules_in(dir, &rules, None);
             end += i + 1;
         }
-        self.excluded_here(rel, is_dir)
+        self.excluded_by(rel, is_dir, &rules)
     }
 }
 
@@ -983,6 +993,59 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn excluded_is_its_definition_over_every_parent() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir_all(r.join("a/b/c")).unwrap();
+        fs::create_dir_all(r.join("a/keep")).unwrap();
+        fs::write(r.join(".gitignore"), "*.log\ntmp/\n").unwrap();
+        fs::write(r.join("a/.gitignore"), "!important.log\nkeep/\n").unwrap();
+        fs::write(r.join("a/b/.mtrignore"), "c/\n*.bin\n").unwrap();
+        let paths = [
+            "x.log",
+            "a/x.log",
+            "a/important.log",
+            "a/b/important.log",
+            "a/keep",
+            "a/keep/f.py",
+            "a/b/c",
+            "a/b/c/d/e.py",
+            "a/b/w.bin",
+            "a/b/w.py",
+            "tmp/a/b.py",
+            "z/tmp/y.py",
+            "gone/deeper/still.py",
+            ".mtr-sync/index",
+        ];
+        for (excludes, gitignore) in [(&["*.pyc", "d/"][..], true), (&[][..], false)] {
+            let f = filter(r, excludes, gitignore);
+            for p in paths {
+                for is_dir in [false, true] {
+                    let mut defined = false;
+                    let mut end = 0;
+                    while let Some(i) = p[end..].find('/') {
+                        defined |= f.excluded_here(&p[..end + i], true);
+                        end += i + 1;
+                    }
+                    defined |= f.excluded_here(p, is_dir);
+                    assert_eq!(f.excluded(p, is_dir), defined, "{p} (dir: {is_dir})");
+                }
+            }
+        }
+        let f = Filter::download(r);
+        for p in [
+            "a/x.log",
+            ".mtr-sync",
+            ".mtr-sync/index",
+            "a/.mtr-sync",
+            ".mtr-syncx",
+        ] {
+            let defined = p == STATE_DIR || p.starts_with(".mtr-sync/");
+            assert_eq!(f.excluded(p, false), defined, "{p}");
+        }
     }
 
     #[test]
