@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::ops::Bound::{Excluded, Included};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -368,6 +369,15 @@ fn op_chunks(op: &Op) -> &[ChunkSpec] {
             chunks: Some(c), ..
         } => c,
         _ => &[],
+    }
+}
+
+/// Forget the locations of `chunks` that are in the file at `path`.
+fn drop_locs(locs: &mut HashMap<Hash, Loc>, path: &str, chunks: &[ChunkSpec]) {
+    for c in chunks {
+        if locs.get(&c.hash).is_some_and(|l| &*l.path == path) {
+            locs.remove(&c.hash);
+        }
     }
 }
 
@@ -1202,12 +1212,11 @@ impl Sink {
             // Built from the records when needed: nothing to forget yet.
             return;
         }
-        let recorded = self.records.get(path).map(|r| &r.rec.chunks);
-        let seeded = self.seeds.get(path).map(|s| &s.chunks);
-        for c in recorded.into_iter().chain(seeded).flatten() {
-            if self.locs.get(&c.hash).is_some_and(|l| &*l.path == path) {
-                self.locs.remove(&c.hash);
-            }
+        if let Some(r) = self.records.get(path) {
+            drop_locs(&mut self.locs, path, &r.rec.chunks);
+        }
+        if let Some(s) = self.seeds.get(path) {
+            drop_locs(&mut self.locs, path, &s.chunks);
         }
     }
 
@@ -1393,17 +1402,16 @@ impl Sink {
         {
             return Ok(false);
         }
+        let clock = Instant::now();
         let prefix = format!("{from}/");
-        let mut under = Vec::new();
-        for (p, r) in self
-            .records
-            .range(prefix.clone()..)
-            .take_while(|(p, _)| p.starts_with(&prefix))
-        {
-            if r.dirty {
-                return Ok(false); // changed on this side since
-            }
-            under.push(p.clone());
+        // The records under `from`: keys from "from/" up to "from0" ('0' follows '/').
+        let end = format!("{from}0");
+        let under = || {
+            self.records
+                .range::<str, _>((Included(prefix.as_str()), Excluded(end.as_str())))
+        };
+        if under().any(|(_, r)| r.dirty) {
+            return Ok(false); // changed on this side since
         }
         let Some(src) = self.root.existing(from)? else {
             return Ok(false);
@@ -1419,7 +1427,7 @@ impl Sink {
         // Nor a symlink that would point out of the tree from its new depth.
         if self.opts.contain_symlinks {
             let floor = usize::from(self.opts.confine_to.is_some());
-            let escapes = under.iter().any(|p| match &self.records[p].rec.entry.kind {
+            let escapes = under().any(|(p, r)| match &r.rec.entry.kind {
                 EntryKind::Symlink { target } => {
                     let moved = format!("{to}{}", &p[from.len()..]);
                     paths::check_symlink_target(&moved, target, floor).is_err()
@@ -1435,24 +1443,32 @@ impl Sink {
             return Ok(false);
         }
         fs::rename(&src, &dst).ctx("rename into place", &dst)?;
-        // Renaming a directory leaves the stat of what is under it as it was.
-        for p in under {
-            self.forget_locs(&p);
-            let Some(r) = self.records.remove(&p) else {
-                continue;
-            };
-            let path = format!("{to}{}", &p[from.len()..]);
-            self.record(
-                Entry {
-                    path,
-                    kind: r.rec.entry.kind,
-                },
-                r.rec.chunks,
-                r.rec.stat,
-            );
+        let checked = clock.elapsed();
+        // Renaming a directory leaves the stat of what is under it as it was: its records
+        // follow it, cut out of the map and put back under the new name in two bulk merges.
+        let mut subtree = self.records.split_off(prefix.as_str());
+        let mut after = subtree.split_off(end.as_str());
+        self.records.append(&mut after);
+        let moved = subtree.len();
+        let mut renamed = BTreeMap::new();
+        for (old, mut r) in subtree {
+            let path = format!("{to}{}", &old[from.len()..]);
+            if self.locs_ready {
+                drop_locs(&mut self.locs, &old, &r.rec.chunks);
+                add_locs(&mut self.locs, &path, &r.rec.chunks);
+            }
+            self.seeds.remove(&old);
+            r.rec.entry.path.clone_from(&path);
+            renamed.insert(path, r);
         }
+        self.records.append(&mut renamed);
         self.unrecord(from);
         self.record(entry.clone(), Vec::new(), StatKey::default());
+        log::debug!(
+            "sink: moved {from} to {to} in {checked:.0?} (checked and renamed), its {moved} \
+             records in {:.0?}",
+            clock.elapsed() - checked
+        );
         Ok(true)
     }
 
