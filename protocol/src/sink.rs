@@ -249,6 +249,7 @@ pub(crate) fn what(m: &ToSink) -> &'static str {
         ToSink::Error { .. } => "Error",
         ToSink::Bye => "Bye",
         ToSink::Prefill { .. } => "Prefill",
+        ToSink::ChangesFollow => "ChangesFollow",
     }
 }
 
@@ -901,6 +902,8 @@ impl Sink {
                         ));
                     }
                 }
+                // The records were read above, while the source makes its diff.
+                ToSink::ChangesFollow => {}
                 ToSink::Error { message } => return Err(Error::Remote(printable(&message))),
                 ToSink::Bye => return Ok(End::Bye),
                 other => {

@@ -409,6 +409,11 @@ pub(crate) fn push<R: Read, W: Write>(
         }
         return Ok(report);
     }
+    if !dry_run {
+        // The sink reads its records while the diff is made.
+        w.msg(&ToSink::ChangesFollow)?;
+        w.flush()?;
+    }
     let clock = std::time::Instant::now();
     let state: Option<SyncState> = index::load(state_path);
     let cached = state.filter(|s| matches(s.protocol, s.token));

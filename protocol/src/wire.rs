@@ -135,6 +135,9 @@ pub enum ToSink {
         offset: u64,
         chunks: Vec<ChunkSpec>,
     },
+    /// The sync is not a no-op: ops follow once the source has made its diff. Sent as soon as
+    /// the source knows, so the sink reads its records meanwhile. Not answered.
+    ChangesFollow,
 }
 
 /// One line of a sync plan.

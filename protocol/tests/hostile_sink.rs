@@ -53,6 +53,8 @@ struct Seen {
     bytes: u64,
     /// It committed (the source got through every batch).
     committed: bool,
+    /// `ChangesFollow` came before the first `Ops`.
+    told_early: bool,
 }
 
 /// What the fake sink answers in round `n` (0: the answer to `Ops`) of a batch whose distinct
@@ -158,6 +160,7 @@ fn fake_sink(stream: UnixStream, refuse: Vec<String>, script: Box<Script>) -> Se
                 .unwrap();
                 w.flush().unwrap();
             }
+            ToSink::ChangesFollow => seen.told_early = seen.offered == 0,
             ToSink::Bye => return seen,
             other => panic!("unexpected {other:?}"),
         }
@@ -289,6 +292,7 @@ fn an_honest_second_round_for_some_chunks_is_answered() {
     let (result, seen) = session(root.path(), Box::new(script));
     let report = result.expect("an honest second round was refused");
     assert!(seen.committed, "{seen:?}");
+    assert!(seen.told_early, "no ChangesFollow before the ops: {seen:?}");
     assert_eq!(seen.rounds, 2, "{seen:?}");
     assert_eq!(report.chunks_sent, seen.offered as u64 + 2);
     assert!(seen.bytes > tree && seen.bytes < 2 * tree, "{seen:?}");
