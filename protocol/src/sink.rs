@@ -356,10 +356,10 @@ fn allow_open_files() {
 /// times the chunks it names.
 const FEW_CHUNKS: usize = 16;
 
-/// A batch whose missing chunks come to less than this looks for them in the short chunk lists
-/// only, not in the ones kept aside (files of ~16 MiB and more, see [`ASIDE_MIN`]): reading
-/// those costs ~5 ms per 2 GB file, each time, and an edit's new chunks are rarely found in a
-/// checkpoint. Those that would be travel instead.
+/// A batch whose files list less than this in chunks (counted once each) looks for them in the
+/// short chunk lists only, not in the ones kept aside (files of ~16 MiB and more, see
+/// [`ASIDE_MIN`]): reading those costs ~5 ms per 2 GB file, each time, and an edit's chunks
+/// are rarely found in a checkpoint. Those that would be travel instead.
 const ASIDE_LOOKUP_MIN: u64 = 4 << 20;
 
 /// The chunks an op lists for a file to build. A move's are needed only when it cannot be
@@ -1456,11 +1456,19 @@ impl Sink {
         let mut renamed = BTreeMap::new();
         for (old, mut r) in subtree {
             let path = format!("{to}{}", &old[from.len()..]);
+            // As `record` would: nothing located at either path stays but what moved.
             if self.locs_ready {
                 drop_locs(&mut self.locs, &old, &r.rec.chunks);
-                add_locs(&mut self.locs, &path, &r.rec.chunks);
+                if let Some(s) = self.seeds.get(&old) {
+                    drop_locs(&mut self.locs, &old, &s.chunks);
+                }
             }
             self.seeds.remove(&old);
+            self.forget_locs(&path);
+            self.seeds.remove(&path);
+            if self.locs_ready {
+                add_locs(&mut self.locs, &path, &r.rec.chunks);
+            }
             r.rec.entry.path.clone_from(&path);
             renamed.insert(path, r);
         }
