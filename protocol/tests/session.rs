@@ -605,6 +605,115 @@ fn a_renamed_directory_is_moved_on_the_sink_without_data() {
     assert!(p.sync().no_op);
 }
 
+/// Directories under `root` (not `root` itself), by relative path, in path order.
+fn walk_dirs(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for de in fs::read_dir(&d).unwrap() {
+            let de = de.unwrap();
+            if de.file_type().unwrap().is_dir() {
+                let path = de.path();
+                let rel = path.strip_prefix(root).unwrap().to_str().unwrap();
+                out.push(rel.to_string());
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn random_directory_renames_with_edits_and_refused_moves_converge() {
+    let p = Pair::new();
+    let mut rng = Rng(31);
+    let s = p.src();
+    random_tree(s, &mut rng, 80);
+    for d in ["src/model/layers/attn", "data/shards/a", "data/shards/b"] {
+        fs::create_dir_all(s.join(d)).unwrap();
+        for i in 0..6 {
+            fs::write(
+                s.join(d).join(format!("g{i}.bin")),
+                rng.bytes(3000 + i * 500),
+            )
+            .unwrap();
+        }
+    }
+    age_files(s);
+    p.sync();
+    let mut refusals = 0;
+    for round in 0..12 {
+        let dirs = walk_dirs(s);
+        let from = dirs[rng.below(dirs.len() as u64) as usize].clone();
+        // A new name beside it, or under another directory that is not inside it.
+        let parents: Vec<&String> = dirs
+            .iter()
+            .filter(|d| **d != from && !d.starts_with(&format!("{from}/")))
+            .collect();
+        let parent = match rng.below(3) {
+            0 if !parents.is_empty() => parents[rng.below(parents.len() as u64) as usize].clone(),
+            _ => from
+                .rsplit_once('/')
+                .map_or(String::new(), |(p, _)| p.to_string()),
+        };
+        let to = if parent.is_empty() {
+            format!("moved{round}")
+        } else {
+            format!("{parent}/moved{round}")
+        };
+        fs::rename(s.join(&from), s.join(&to)).unwrap();
+        // Sometimes an edit, an addition and a removal inside it as well.
+        let files: Vec<PathBuf> = walk_files(&s.join(&to));
+        let edited = rng.below(2) == 0 && !files.is_empty();
+        if edited {
+            let f = &files[rng.below(files.len() as u64) as usize];
+            fs::write(f, rng.bytes(2000)).unwrap();
+            fs::write(s.join(&to).join(format!("new{round}.bin")), rng.bytes(500)).unwrap();
+            if files.len() > 1 {
+                let gone = &files[rng.below(files.len() as u64) as usize];
+                let _ = fs::remove_file(gone);
+            }
+        }
+        // Sometimes a job on the sink left a file in the old directory: the sink refuses the
+        // move and the source sends what it stood for.
+        let foreign = (rng.below(3) == 0).then(|| p.dst().join(&from).join("job.log"));
+        if let Some(f) = &foreign {
+            fs::write(f, "written on the node").unwrap();
+        }
+        let r = p.try_sync(false).unwrap();
+        assert!(!r.no_op, "round {round}: {from} -> {to} not seen");
+        if !edited {
+            // Moved or copied on the sink, never sent.
+            assert_eq!(r.raw_bytes_sent, 0, "round {round}: {from} -> {to}");
+        }
+        if let Some(f) = foreign {
+            refusals += 1;
+            assert_eq!(
+                fs::read(&f).unwrap(),
+                b"written on the node",
+                "round {round}"
+            );
+            // The job's file goes, and the directories left only for it.
+            fs::remove_file(&f).unwrap();
+            let mut d = f.parent().unwrap().to_path_buf();
+            while d != p.dst()
+                && !s.join(d.strip_prefix(p.dst()).unwrap()).exists()
+                && fs::remove_dir(&d).is_ok()
+            {
+                d = d.parent().unwrap().to_path_buf();
+            }
+        }
+        assert_trees_equal(s, p.dst(), &p.excludes);
+        let again = p.try_sync(false).unwrap();
+        assert!(again.no_op, "round {round}: {:?}", again.plan);
+    }
+    assert!(
+        refusals >= 2,
+        "only {refusals} refused moves: pick another seed"
+    );
+}
+
 #[test]
 fn renamed_files_are_moved_and_swapped_contents_stay_right() {
     let p = Pair::new();
