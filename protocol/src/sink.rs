@@ -373,15 +373,6 @@ fn op_chunks(op: &Op) -> &[ChunkSpec] {
     }
 }
 
-/// Forget the locations of `chunks` that are in the file at `path`.
-fn drop_locs(locs: &mut HashMap<Hash, Loc>, path: &str, chunks: &[ChunkSpec]) {
-    for c in chunks {
-        if locs.get(&c.hash).is_some_and(|l| &*l.path == path) {
-            locs.remove(&c.hash);
-        }
-    }
-}
-
 /// Locate each chunk of `chunks` (the file at `path`) where no other file holds it yet.
 fn add_locs(locs: &mut HashMap<Hash, Loc>, path: &str, chunks: &[ChunkSpec]) {
     add_locs_of(locs, path, chunks, |_| true);
@@ -1113,7 +1104,6 @@ impl Sink {
             return;
         }
         self.ensure_records();
-        self.load_aside();
         self.ensure_locs();
         let mut found: Vec<(String, StatKey)> = Vec::new();
         if self.records.is_empty() {
@@ -1215,11 +1205,12 @@ impl Sink {
             // Built from the records when needed: nothing to forget yet.
             return;
         }
-        if let Some(r) = self.records.get(path) {
-            drop_locs(&mut self.locs, path, &r.rec.chunks);
-        }
-        if let Some(s) = self.seeds.get(path) {
-            drop_locs(&mut self.locs, path, &s.chunks);
+        let recorded = self.records.get(path).map(|r| &r.rec.chunks);
+        let seeded = self.seeds.get(path).map(|s| &s.chunks);
+        for c in recorded.into_iter().chain(seeded).flatten() {
+            if self.locs.get(&c.hash).is_some_and(|l| &*l.path == path) {
+                self.locs.remove(&c.hash);
+            }
         }
     }
 
@@ -1448,31 +1439,24 @@ impl Sink {
         fs::rename(&src, &dst).ctx("rename into place", &dst)?;
         let checked = clock.elapsed();
         // Renaming a directory leaves the stat of what is under it as it was: its records
-        // follow it, cut out of the map and put back under the new name in two bulk merges.
-        let mut subtree = self.records.split_off(prefix.as_str());
-        let mut after = subtree.split_off(end.as_str());
-        self.records.append(&mut after);
-        let moved = subtree.len();
-        let mut renamed = BTreeMap::new();
-        for (old, mut r) in subtree {
-            let path = format!("{to}{}", &old[from.len()..]);
-            // As `record` would: nothing located at either path stays but what moved.
-            if self.locs_ready {
-                drop_locs(&mut self.locs, &old, &r.rec.chunks);
-                if let Some(s) = self.seeds.get(&old) {
-                    drop_locs(&mut self.locs, &old, &s.chunks);
-                }
-            }
-            self.seeds.remove(&old);
-            self.forget_locs(&path);
-            self.seeds.remove(&path);
-            if self.locs_ready {
-                add_locs(&mut self.locs, &path, &r.rec.chunks);
-            }
-            r.rec.entry.path.clone_from(&path);
-            renamed.insert(path, r);
+        // follow it (an unread list kept aside stays one, see `record`).
+        let keys: Vec<String> = under().map(|(p, _)| p.clone()).collect();
+        let moved = keys.len();
+        for p in keys {
+            self.forget_locs(&p);
+            let Some(r) = self.records.remove(&p) else {
+                continue;
+            };
+            let path = format!("{to}{}", &p[from.len()..]);
+            self.record(
+                Entry {
+                    path,
+                    kind: r.rec.entry.kind,
+                },
+                r.rec.chunks,
+                r.rec.stat,
+            );
         }
-        self.records.append(&mut renamed);
         self.unrecord(from);
         self.record(entry.clone(), Vec::new(), StatKey::default());
         log::debug!(
