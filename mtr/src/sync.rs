@@ -163,12 +163,19 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool, local: LocalScan) -
         (a.writer.bytes_sent(), a.reader.bytes_received())
     });
     // While the scan reads the long files that changed, the agent starts building them from
-    // what it holds (their segments arrive as the scan finds them; the loop ends with it).
+    // what it holds, and the chunks it lacks travel (their segments arrive as the scan finds
+    // them; the loop ends with it).
     let mut prefills = source::Prefills::default();
     let prefilled = match (&mut agent, segments) {
-        (Ok(a), Some(found)) => found
-            .iter()
-            .try_for_each(|seg| prefills.send(&mut a.writer, seg)),
+        (Ok(a), Some(found)) => {
+            prefills.send_all(&mut a.reader, &mut a.writer, &s.project_root, |wait| {
+                if wait {
+                    found.recv().ok()
+                } else {
+                    found.try_recv().ok()
+                }
+            })
+        }
         _ => Ok(()),
     };
     let local = scan

@@ -801,7 +801,9 @@ impl Sink {
         progress: &dyn Progress,
     ) -> Result<End> {
         let end = self.serve_requests(r, w, progress);
-        self.prefills.discard();
+        // An interrupted session keeps the prefills holding chunks that travel, for the next
+        // one's batch to reuse (a commit removes what it did not).
+        self.prefills.discard(!matches!(end, Ok(End::Bye)));
         if self.uncommitted && !self.dry_run {
             let clock = Instant::now();
             match self.save(None) {
@@ -826,10 +828,20 @@ impl Sink {
             let msg = match r.frame::<ToSink>()? {
                 None => return Ok(End::Eof),
                 Some(Frame::Msg(m)) => m,
-                Some(Frame::Data(_)) => {
-                    return Err(Error::Protocol("data frame outside a batch".into()))
-                }
+                Some(Frame::Data(d)) => match self.prefills.wanted.remove(&d.hash) {
+                    // A chunk the last `PrefillNeed` asked for.
+                    Some(targets) => {
+                        self.prefill_data(d, targets)?;
+                        continue;
+                    }
+                    None => return Err(Error::Protocol("data frame outside a batch".into())),
+                },
             };
+            // The data answering the `PrefillNeed`s comes before the source's first message
+            // that is not a `Prefill`, or never.
+            if !matches!(msg, ToSink::Prefill { .. }) {
+                self.prefills.wanted.clear();
+            }
             if !matches!(msg, ToSink::Bye) {
                 self.ensure_records();
             }
@@ -877,7 +889,9 @@ impl Sink {
                     offset,
                     chunks,
                 } if !self.dry_run && self.opts.confine_to.is_none() => {
-                    self.prefill(path, size, offset, &chunks)?
+                    let hashes = self.prefill(path, size, offset, &chunks)?;
+                    w.msg(&FromSink::PrefillNeed { hashes })?;
+                    w.flush()?;
                 }
                 ToSink::Warnings { messages } => {
                     let kept = messages.len().min(MAX_WARNINGS);
@@ -1761,15 +1775,17 @@ impl Sink {
     }
 
     /// [`ToSink::Prefill`]: the segment's chunks that the file's recorded version holds are
-    /// copied into its prefill in staging, by the prefill thread. A file without a trusted
-    /// recorded version is left alone; its `Upsert` will build it as usual.
+    /// copied into its prefill in staging, by the prefill thread; those no file here holds
+    /// are returned, for the source to send at once ([`FromSink::PrefillNeed`]). A file
+    /// without a trusted recorded version is left alone (nothing returned); its `Upsert` will
+    /// build it as usual.
     fn prefill(
         &mut self,
         path: String,
         size: u64,
         offset: u64,
         chunks: &[ChunkSpec],
-    ) -> Result<()> {
+    ) -> Result<Vec<Hash>> {
         self.admit(&path)?;
         let end = chunks.iter().try_fold(offset, |end, c| {
             let valid = c.len > 0 && c.len as usize <= MAX_CHUNK;
@@ -1782,14 +1798,14 @@ impl Sink {
         };
         self.prefills.list(&path, size, offset, chunks)?;
         if end == offset || self.prefills.ignored.contains(&path) {
-            return Ok(());
+            return Ok(Vec::new());
         }
         if !self.prefills.files.contains_key(&path) {
             match self.start_prefill(&path)? {
                 Some(p) => self.prefills.files.insert(path.clone(), p),
                 None => {
                     self.prefills.ignored.insert(path);
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
             };
         }
@@ -1807,13 +1823,22 @@ impl Sink {
                 p.remove();
             }
             self.prefills.ignored.insert(path);
-            return Ok(());
+            return Ok(Vec::new());
         }
         p.segments.insert(offset, end);
         // Chunks contiguous in both files are copied in one call.
         let mut runs: Vec<PrefillRun> = Vec::new();
+        let mut new: Vec<(u64, &ChunkSpec)> = Vec::new();
         let mut off = offset;
         for c in chunks {
+            if !p.old.contains_key(&c.hash) {
+                if p.holds(off, c) {
+                    p.planned.insert(off, (c.hash, c.len));
+                    p.copies.arrived(off, c);
+                } else {
+                    new.push((off, c));
+                }
+            }
             if let Some(&src) = p.old.get(&c.hash) {
                 p.planned.insert(off, (c.hash, c.len));
                 match runs.last_mut() {
@@ -1838,6 +1863,55 @@ impl Sink {
             copies: p.copies.clone(),
         };
         self.prefills.send(job);
+        // What the recorded version lacks: asked for now unless another file here holds it
+        // (the batch copies that one: a checkpoint copied over another travels not at all).
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ensure_locs();
+        let mut order = Vec::new();
+        for (off, c) in new {
+            if self.locs.contains_key(&c.hash) {
+                continue;
+            }
+            let targets = self.prefills.wanted.entry(c.hash).or_default();
+            if targets.is_empty() {
+                order.push(c.hash);
+            }
+            targets.push((path.clone(), off, c.len));
+        }
+        Ok(order)
+    }
+
+    /// A chunk a [`FromSink::PrefillNeed`] asked for: written into its file's prefill
+    /// wherever the segment lists it, and counted as that prefill's. One that does not verify
+    /// (the source's file changed as it was read) is dropped: the batch asks for it again.
+    fn prefill_data(&mut self, d: DataFrame, targets: Vec<(String, u64, u32)>) -> Result<()> {
+        self.payload_received += d.payload.len() as u64;
+        let raw = match d.codec {
+            Codec::Raw if d.payload.len() == d.raw_len as usize => d.payload,
+            codec => compress::decompress(codec, &d.payload, d.raw_len)?,
+        };
+        if chunker::hash(&raw) != d.hash {
+            log::debug!(
+                "sink: prefill chunk {} does not verify; dropped",
+                hex(&d.hash[..8])
+            );
+            return Ok(());
+        }
+        self.stats.bytes_received += raw.len() as u64;
+        for (path, off, len) in targets {
+            // Dropped since it was asked for (told twice), or listed at another length.
+            let Some(p) = self.prefills.files.get_mut(&path) else {
+                continue;
+            };
+            if len as usize != raw.len() {
+                continue;
+            }
+            p.file.write_all_at(&raw, off).ctx("write", &p.tmp)?;
+            p.planned.insert(off, (d.hash, len));
+            p.copies.arrived(off, &ChunkSpec { hash: d.hash, len });
+        }
         Ok(())
     }
 
@@ -1860,22 +1934,32 @@ impl Sink {
             old.entry(c.hash).or_insert(at);
         }
         let tmp = self.staging_path(path, "prefill")?;
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).ctx("remove", &tmp);
+        // An interrupted session's prefill of this file (kept for the chunks that traveled):
+        // built on, its chunks that verify where a segment lists them kept (`leftover`).
+        let leftover = match fs::symlink_metadata(&tmp) {
+            Ok(m) if m.is_file() => m.len(),
+            _ => 0,
+        };
+        let file = if leftover > 0 {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)
+                .ctx("open", &tmp)?
+        } else {
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).ctx("remove", &tmp);
+                }
+                _ => {}
             }
-            _ => {}
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .ctx("create", &tmp)?;
+            create_staged(&tmp)?
+        };
         Ok(Some(Prefilled {
             tmp,
             file,
+            leftover,
             stat,
             src: Arc::new(src),
             old,
@@ -1986,15 +2070,27 @@ impl Sink {
                 // over the batch's own writes: wait for it, and keep what it wrote right.
                 p.copies.wait();
                 let written = p.copies.written.lock().expect("prefill lock");
+                let received = p.copies.received.lock().expect("prefill lock");
                 for (off, c) in &at {
                     if written.get(off) == Some(c) {
                         filled.insert(*off);
-                        self.stats.bytes_copied_locally += u64::from(c.1);
+                        if !received.contains(off) {
+                            self.stats.bytes_copied_locally += u64::from(c.1);
+                        }
                     }
                 }
             }
             p.file
         } else {
+            // An interrupted earlier session's prefill of this file, holding chunks that
+            // traveled: staged as its leftover would be.
+            let leftover = self.staging_path(&entry.path, "prefill")?;
+            if fs::symlink_metadata(&tmp).is_err()
+                && fs::symlink_metadata(&leftover).is_ok_and(|m| m.is_file())
+            {
+                log::debug!("sink: {} resumes from an earlier prefill", entry.path);
+                fs::rename(&leftover, &tmp).ctx("rename", &leftover)?;
+            }
             match fs::symlink_metadata(&tmp) {
                 Ok(m) if m.is_file() => {
                     // An interrupted earlier run: keep every chunk that verifies.
@@ -2022,13 +2118,7 @@ impl Sink {
                     if other.is_ok() {
                         fs::remove_file(&tmp).ctx("remove", &tmp)?;
                     }
-                    OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&tmp)
-                        .ctx("create", &tmp)?
+                    create_staged(&tmp)?
                 }
             }
         };
@@ -2333,6 +2423,9 @@ struct Prefills {
     files: HashMap<String, Prefilled>,
     /// Paths that cannot be prefilled (no trusted recorded version).
     ignored: HashSet<String>,
+    /// The chunks [`FromSink::PrefillNeed`]s asked for and not yet received, and where each
+    /// goes: (path, offset, length).
+    wanted: HashMap<Hash, Vec<(String, u64, u32)>>,
     jobs: Option<std::sync::mpsc::Sender<PrefillJob>>,
     worker: Option<std::thread::JoinHandle<()>>,
 }
@@ -2340,6 +2433,9 @@ struct Prefills {
 struct Prefilled {
     tmp: PathBuf,
     file: File,
+    /// The length of the file left by an interrupted session, if any: chunks in it that
+    /// verify are not asked for again.
+    leftover: u64,
     /// The recorded version copied from, open, and the `stat` it was trusted at.
     stat: StatKey,
     src: Arc<File>,
@@ -2354,6 +2450,15 @@ struct Prefilled {
 }
 
 impl Prefilled {
+    /// Whether the file an interrupted session left holds chunk `c` at `off`.
+    fn holds(&self, off: u64, c: &ChunkSpec) -> bool {
+        if off.saturating_add(c.len.into()) > self.leftover {
+            return false;
+        }
+        let mut buf = vec![0u8; c.len as usize];
+        self.file.read_exact_at(&mut buf, off).is_ok() && chunker::hash(&buf) == c.hash
+    }
+
     /// Close and remove the file (copies still queued write to it unlinked).
     fn remove(self) {
         drop(self.file);
@@ -2366,11 +2471,23 @@ impl Prefilled {
 #[derive(Default)]
 struct PrefillCopies {
     written: Mutex<HashMap<u64, (Hash, u32)>>,
+    /// The chunks of `written` that came from the source ([`Sink::prefill_data`], or to an
+    /// interrupted session), not copied.
+    received: Mutex<HashSet<u64>>,
     queued: Mutex<usize>,
     idle: std::sync::Condvar,
 }
 
 impl PrefillCopies {
+    /// Chunk `c` is at `off`, sent by the source (to this session or an interrupted one).
+    fn arrived(&self, off: u64, c: &ChunkSpec) {
+        self.written
+            .lock()
+            .expect("prefill lock")
+            .insert(off, (c.hash, c.len));
+        self.received.lock().expect("prefill lock").insert(off);
+    }
+
     fn queued(&self, change: isize) {
         let mut q = self.queued.lock().expect("prefill lock");
         *q = q.saturating_add_signed(change);
@@ -2534,10 +2651,15 @@ impl Prefills {
         })
     }
 
-    /// Remove the prefills no `Upsert` claimed.
-    fn discard(&mut self) {
+    /// Remove the prefills no `Upsert` claimed; with `keep_received`, not those holding
+    /// chunks the source sent.
+    fn discard(&mut self, keep_received: bool) {
         self.finish();
-        for (_, p) in self.files.drain() {
+        for (path, p) in self.files.drain() {
+            if keep_received && !p.copies.received.lock().expect("prefill lock").is_empty() {
+                log::debug!("sink: the prefill of {path} is kept for the next sync");
+                continue;
+            }
             p.remove();
         }
     }
@@ -2552,13 +2674,16 @@ fn prefill_misses(staged: &[Staged]) -> (Vec<(usize, u64, Hash)>, u64) {
             continue;
         };
         let written = check.copies.written.lock().expect("prefill lock");
+        let received = check.copies.received.lock().expect("prefill lock");
         for &off in &check.offsets {
             let Ok(i) = s.starts.binary_search(&off) else {
                 continue;
             };
             let c = &s.chunks[i];
             if written.get(&off) == Some(&(c.hash, c.len)) {
-                copied += u64::from(c.len);
+                if !received.contains(&off) {
+                    copied += u64::from(c.len);
+                }
             } else {
                 missed.push((idx, off, c.hash));
             }
@@ -2875,6 +3000,17 @@ fn store(
         progress.advance(raw.len() as u64);
     }
     Ok(raw.len() as u64)
+}
+
+/// A new file in staging, private to mtr (mode 0600) until it is placed.
+fn create_staged(tmp: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .ctx("create", tmp)
 }
 
 fn still_valid(root: &Root, path: &str, rec: &SinkRecord) -> bool {

@@ -180,6 +180,7 @@ fn what(m: &FromSink) -> &'static str {
         FromSink::Committed { .. } => "Committed",
         FromSink::Error { .. } => "Error",
         FromSink::Refused { .. } => "Refused",
+        FromSink::PrefillNeed { .. } => "PrefillNeed",
     }
 }
 
@@ -237,9 +238,10 @@ pub fn scan_local_early(
 }
 
 /// The segments of long changed files told to the sink before the first batch, so it starts
-/// building them from what it holds ([`ToSink::Prefill`]) while the scan goes on. A file
-/// whose chunk list they make up exactly then goes in its batch as [`Op::UpsertPrefilled`],
-/// without the list. Dry runs send none.
+/// building them while the scan goes on ([`ToSink::Prefill`]): it copies what it holds, and
+/// the chunks it holds nowhere ([`FromSink::PrefillNeed`]) are sent at once, so the link
+/// works while the rest of the tree is read. A file whose chunk list they make up exactly
+/// then goes in its batch as [`Op::UpsertPrefilled`], without the list. Dry runs send none.
 #[derive(Default)]
 pub struct Prefills {
     /// Each file's size and the segments sent, by offset (the last sent for an offset counts,
@@ -248,35 +250,152 @@ pub struct Prefills {
     /// Files with a segment not sent ([`MAX_PREFILL_CHUNKS`]): they go with their lists.
     partial: HashSet<String>,
     chunks: usize,
+    /// Segments told whose answer is not read yet, oldest first.
+    told: VecDeque<scan::Segment>,
+    /// The chunks sent ahead (counts for the [`Report`]).
+    sent: Report,
+    pace: Pace,
+    /// Threads of their own to read and compress the chunks asked for: on the global pool
+    /// they would wait behind the scan's hashing, and the link with them.
+    pool: Option<rayon::ThreadPool>,
 }
 
 impl Prefills {
-    /// Send one segment the scan found ([`scan_local_early`]).
-    pub fn send<W: Write>(&mut self, w: &mut FrameWriter<W>, seg: scan::Segment) -> Result<()> {
-        let scan::Segment {
-            path,
-            size,
-            offset,
-            chunks,
-        } = seg;
-        let sized = self.files.get(&path).is_none_or(|(s, _)| *s == size);
-        if !sized || self.chunks + chunks.len() > MAX_PREFILL_CHUNKS {
-            self.partial.insert(path);
+    /// Tell the sink the segments the scan finds ([`scan_local_early`]) in the tree at `root`,
+    /// and send the chunks of each that it asks for. `next(wait)` gives the next segment
+    /// (waiting for one if `wait`), `None` once there are no more (not waiting: none yet).
+    /// The next segment, when found, is told before the chunks of the last one are sent, so
+    /// the sink's answer to it travels meanwhile and the link does not wait for it.
+    pub fn send_all<R: Read, W: Write>(
+        &mut self,
+        r: &mut FrameReader<R>,
+        w: &mut FrameWriter<W>,
+        root: &Path,
+        mut next: impl FnMut(bool) -> Option<scan::Segment>,
+    ) -> Result<()> {
+        loop {
+            if self.told.is_empty() {
+                match next(true) {
+                    Some(seg) => self.tell(w, seg)?,
+                    None => return Ok(()),
+                }
+                continue;
+            }
+            if self.told.len() < 2 {
+                if let Some(seg) = next(false) {
+                    self.tell(w, seg)?;
+                }
+            }
+            self.answer(r, w, root)?;
+        }
+    }
+
+    /// Send a segment's `Prefill` (or leave its file's list to its batch).
+    fn tell<W: Write>(&mut self, w: &mut FrameWriter<W>, seg: scan::Segment) -> Result<()> {
+        let sized = self
+            .files
+            .get(&seg.path)
+            .is_none_or(|(s, _)| *s == seg.size);
+        if !sized || self.chunks + seg.chunks.len() > MAX_PREFILL_CHUNKS {
+            self.partial.insert(seg.path);
             return Ok(());
         }
-        self.chunks += chunks.len();
+        self.chunks += seg.chunks.len();
         w.msg(&ToSink::Prefill {
-            path: path.clone(),
-            size,
-            offset,
-            chunks: chunks.clone(),
+            path: seg.path.clone(),
+            size: seg.size,
+            offset: seg.offset,
+            chunks: seg.chunks.clone(),
         })?;
         w.flush()?;
         self.files
-            .entry(path)
-            .or_insert_with(|| (size, BTreeMap::new()))
+            .entry(seg.path.clone())
+            .or_insert_with(|| (seg.size, BTreeMap::new()))
             .1
-            .insert(offset, chunks);
+            .insert(seg.offset, seg.chunks.clone());
+        self.told.push_back(seg);
+        Ok(())
+    }
+
+    /// Read the sink's answer to the oldest segment told and send the chunks it asks for.
+    fn answer<R: Read, W: Write>(
+        &mut self,
+        r: &mut FrameReader<R>,
+        w: &mut FrameWriter<W>,
+        root: &Path,
+    ) -> Result<()> {
+        let Some(scan::Segment {
+            path,
+            offset,
+            chunks,
+            ..
+        }) = self.told.pop_front()
+        else {
+            return Ok(());
+        };
+        let clock = std::time::Instant::now();
+        let hashes = match expect(r, "prefill")? {
+            FromSink::PrefillNeed { hashes } => hashes,
+            m => {
+                return Err(Error::Protocol(format!(
+                    "expected PrefillNeed, got {}",
+                    what(&m)
+                )))
+            }
+        };
+        if !hashes.is_empty() {
+            // Only chunks of this segment, each once: anything else is a sink asking for
+            // what it was never offered.
+            let mut locs: HashMap<Hash, (String, u64, u32)> = HashMap::new();
+            for (at, c) in crate::chunker::placed(&chunks) {
+                locs.entry(c.hash)
+                    .or_insert_with(|| (path.clone(), offset + at, c.len));
+            }
+            let mut asked = HashSet::with_capacity(hashes.len());
+            if !hashes
+                .iter()
+                .all(|h| asked.insert(*h) && locs.contains_key(h))
+            {
+                return Err(Error::Protocol(format!(
+                    "the receiving side asked for chunks of {path} that its prefill did not list, \
+                     or asked twice"
+                )));
+            }
+            if self.pool.is_none() {
+                let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+                self.pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("prefill-{i}"))
+                    .build()
+                    .ok();
+            }
+            let origin = Origin {
+                path: root.to_path_buf(),
+                nest: None,
+            };
+            let mut raw = 0;
+            send_chunks(
+                w,
+                Chunks {
+                    origin: &origin,
+                    entries: None,
+                    hashes: &hashes,
+                    locs: &locs,
+                    pool: self.pool.as_ref(),
+                },
+                &mut self.sent,
+                &scan::NoProgress,
+                &mut raw,
+                &self.pace,
+                Pipeline::default(),
+            )?;
+            w.flush()?;
+        }
+        log::debug!(
+            "prefill of {path} at {offset}: {} chunk(s) asked for, sent in {:.0?}",
+            hashes.len(),
+            clock.elapsed()
+        );
         Ok(())
     }
 
@@ -394,6 +513,9 @@ pub(crate) fn push<R: Read, W: Write>(
         files_hashed: tree.files_hashed,
         bytes_hashed: tree.bytes_hashed,
         warnings: tree.warnings.clone(),
+        chunks_sent: prefills.sent.chunks_sent,
+        raw_bytes_sent: prefills.sent.raw_bytes_sent,
+        payload_bytes_sent: prefills.sent.payload_bytes_sent,
         ..Report::default()
     };
     let current_token = manifest::token(&tree.entries);
@@ -621,10 +743,13 @@ pub(crate) fn push<R: Read, W: Write>(
             }
             send_chunks(
                 w,
-                &scanned.origin,
-                &tree.entries,
-                &hashes,
-                &locs,
+                Chunks {
+                    origin: &scanned.origin,
+                    entries: Some(&tree.entries),
+                    hashes: &hashes,
+                    locs: &locs,
+                    pool: None,
+                },
                 &mut report,
                 progress,
                 &mut sent_raw,
@@ -730,21 +855,33 @@ struct Prepared {
     payload: Vec<u8>,
 }
 
+/// The chunks [`send_chunks`] sends, and where they are.
+#[derive(Clone, Copy)]
+struct Chunks<'a> {
+    origin: &'a Origin,
+    /// The scanned files each chunk's file is checked against (none for a prefill's: the
+    /// scan is still going; the sink verifies every chunk besides).
+    entries: Option<&'a Manifest>,
+    /// In the order to send.
+    hashes: &'a [Hash],
+    /// Where each is: (path, offset, length).
+    locs: &'a HashMap<Hash, (String, u64, u32)>,
+    /// Where they are read and compressed (else rayon's global pool).
+    pool: Option<&'a rayon::ThreadPool>,
+}
+
 /// Read, verify and compress the requested chunks on all cores while the current thread
 /// writes the previous window to the peer.
-#[allow(clippy::too_many_arguments)]
 fn send_chunks<W: Write>(
     w: &mut FrameWriter<W>,
-    origin: &Origin,
-    entries: &Manifest,
-    hashes: &[Hash],
-    locs: &HashMap<Hash, (String, u64, u32)>,
+    chunks: Chunks,
     report: &mut Report,
     progress: &dyn Progress,
     sent_raw: &mut u64,
     pace: &Pace,
     pipeline: Pipeline,
 ) -> Result<()> {
+    let Chunks { hashes, locs, .. } = chunks;
     for h in hashes {
         if !locs.contains_key(h) {
             return Err(Error::Protocol(
@@ -759,7 +896,11 @@ fn send_chunks<W: Write>(
         let rx = rx;
         s.spawn(move || {
             for window in hashes.chunks(pipeline.window.max(1)) {
-                let prepared = prepare_window(origin, entries, window, locs, pace.costly());
+                let costly = pace.costly();
+                let prepared = match chunks.pool {
+                    Some(pool) => pool.install(|| prepare_window(chunks, window, costly)),
+                    None => prepare_window(chunks, window, costly),
+                };
                 let failed = prepared.is_err();
                 let sent = match tx.try_send(prepared) {
                     Ok(()) => Ok(()),
@@ -811,6 +952,12 @@ fn send_chunks<W: Write>(
 /// sync over a real network is link-bound.
 struct Pace(AtomicBool);
 
+impl Default for Pace {
+    fn default() -> Pace {
+        Pace::new()
+    }
+}
+
 impl Pace {
     fn new() -> Pace {
         Pace(AtomicBool::new(true))
@@ -826,14 +973,17 @@ impl Pace {
 /// Read and compress one window of chunks. Files are checked against the scan before and
 /// after reading (size and mtime), so a file changed mid-sync is reported, not sent torn; the
 /// sink verifies every chunk's hash besides.
-fn prepare_window(
-    origin: &Origin,
-    entries: &Manifest,
-    window: &[Hash],
-    locs: &HashMap<Hash, (String, u64, u32)>,
-    costly: bool,
-) -> Result<Vec<Prepared>> {
+fn prepare_window(chunks: Chunks, window: &[Hash], costly: bool) -> Result<Vec<Prepared>> {
+    let Chunks {
+        origin,
+        entries,
+        locs,
+        ..
+    } = chunks;
     let unchanged = |p: &str, f: &std::fs::File| -> Result<()> {
+        let Some(entries) = entries else {
+            return Ok(());
+        };
         let abs = origin.file(p);
         let m = f.metadata().ctx("stat", &abs)?;
         let st = scan::stat_of(&m);
@@ -851,7 +1001,12 @@ fn prepare_window(
         let (p, _, _) = &locs[h];
         if !files.contains_key(p.as_str()) {
             let abs = origin.file(p);
-            let f = std::fs::File::open(&abs).ctx("open", &abs)?;
+            let f = match std::fs::File::open(&abs) {
+                Ok(f) => f,
+                // A prefill's file removed since it was read: its batch says what now.
+                Err(_) if entries.is_none() => return Ok(Vec::new()),
+                Err(e) => return Err(Error::io("open", &abs, e)),
+            };
             unchanged(p, &f)?;
             files.insert(p, f);
         }
@@ -861,18 +1016,23 @@ fn prepare_window(
         .map(|h| {
             let (p, off, len) = &locs[h];
             let mut raw = vec![0u8; *len as usize];
-            files[p.as_str()]
-                .read_exact_at(&mut raw, *off)
-                .map_err(|_| Error::Changed(origin.file(p)))?;
+            match files[p.as_str()].read_exact_at(&mut raw, *off) {
+                Ok(()) => {}
+                // A prefill's file cut short as the scan still reads it: what is not there is
+                // not sent (its batch sends what the file holds then).
+                Err(_) if entries.is_none() => return Ok(None),
+                Err(_) => return Err(Error::Changed(origin.file(p))),
+            }
             let (codec, payload) =
                 compress::compress_with(&raw, costly).unwrap_or((Codec::Raw, raw));
-            Ok(Prepared {
+            Ok(Some(Prepared {
                 hash: *h,
                 codec,
                 raw_len: *len,
                 payload,
-            })
+            }))
         })
+        .filter_map(Result::transpose)
         .collect::<Result<Vec<_>>>()?;
     for (p, f) in &files {
         unchanged(p, f)?;
@@ -920,13 +1080,17 @@ mod tests {
             chunks,
         };
         let mut w = FrameWriter::new(Vec::new());
+        let none: &[Hash] = &[];
+        let mut r = needs(&[none; 6]);
+        let root = Path::new("/nonexistent");
         let mut p = Prefills::default();
-        p.send(&mut w, seg("a", 300, 200, vec![spec(3, 100)]))
-            .unwrap();
-        p.send(&mut w, seg("a", 300, 0, vec![spec(1, 100), spec(9, 100)]))
-            .unwrap();
-        p.send(&mut w, seg("a", 300, 0, vec![spec(1, 100), spec(2, 100)]))
-            .unwrap();
+        let mut send = |p: &mut Prefills, s| {
+            let mut one = Some(s);
+            p.send_all(&mut r, &mut w, root, |_| one.take()).unwrap()
+        };
+        send(&mut p, seg("a", 300, 200, vec![spec(3, 100)]));
+        send(&mut p, seg("a", 300, 0, vec![spec(1, 100), spec(9, 100)]));
+        send(&mut p, seg("a", 300, 0, vec![spec(1, 100), spec(2, 100)]));
         let full = vec![spec(1, 100), spec(2, 100), spec(3, 100)];
         assert!(matches!(
             p.shorten(upsert("a", full.clone())),
@@ -934,17 +1098,15 @@ mod tests {
         ));
         let other = vec![spec(1, 100), spec(2, 100), spec(4, 100)];
         assert_eq!(p.shorten(upsert("a", other.clone())), upsert("a", other));
-        // A segment missing, or one told for another size: the list goes.
-        p.send(&mut w, seg("b", 300, 0, vec![spec(1, 100), spec(2, 100)]))
-            .unwrap();
+        // A segment missing, or one told for another size (not sent: no answer read): the
+        // list goes.
+        send(&mut p, seg("b", 300, 0, vec![spec(1, 100), spec(2, 100)]));
         assert_eq!(
             p.shorten(upsert("b", full.clone())),
             upsert("b", full.clone())
         );
-        p.send(&mut w, seg("c", 300, 0, vec![spec(1, 100), spec(2, 100)]))
-            .unwrap();
-        p.send(&mut w, seg("c", 301, 200, vec![spec(3, 100)]))
-            .unwrap();
+        send(&mut p, seg("c", 300, 0, vec![spec(1, 100), spec(2, 100)]));
+        send(&mut p, seg("c", 301, 200, vec![spec(3, 100)]));
         assert_eq!(
             p.shorten(upsert("c", full.clone())),
             upsert("c", full.clone())
@@ -952,5 +1114,134 @@ mod tests {
         // Other ops pass as they are.
         let delete = Op::Delete { path: "a".into() };
         assert_eq!(p.shorten(delete.clone()), delete);
+    }
+
+    /// With the next segment found, it is told before the last one's chunks are sent.
+    #[test]
+    fn the_next_segment_is_told_before_the_chunks_of_the_last_are_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..400u32).map(|i| (i * 13 % 251) as u8).collect();
+        std::fs::write(dir.path().join("f"), &data).unwrap();
+        let spec_of = |at: usize| ChunkSpec {
+            hash: crate::chunker::hash(&data[at..at + 100]),
+            len: 100,
+        };
+        let seg = |offset: usize| scan::Segment {
+            path: "f".into(),
+            size: 400,
+            offset: offset as u64,
+            chunks: vec![spec_of(offset), spec_of(offset + 100)],
+        };
+        let mut segs = vec![seg(0), seg(200)].into_iter();
+        let mut sent = Vec::new();
+        let mut w = FrameWriter::new(&mut sent);
+        let mut r = needs(&[&[spec_of(100).hash], &[spec_of(200).hash]]);
+        Prefills::default()
+            .send_all(&mut r, &mut w, dir.path(), |_| segs.next())
+            .unwrap();
+        drop(w);
+        let mut r = FrameReader::new(&sent[..]);
+        let mut order = Vec::new();
+        while let Some(f) = r.frame::<ToSink>().unwrap() {
+            order.push(match f {
+                crate::codec::Frame::Msg(ToSink::Prefill { offset, .. }) => {
+                    format!("tell {offset}")
+                }
+                crate::codec::Frame::Data(d) => {
+                    let at = (0..400).step_by(100).find(|&at| spec_of(at).hash == d.hash);
+                    format!("data {}", at.unwrap())
+                }
+                crate::codec::Frame::Msg(m) => panic!("{m:?}"),
+            });
+        }
+        assert_eq!(order, ["tell 0", "tell 200", "data 100", "data 200"]);
+    }
+
+    /// A reader of one `PrefillNeed` per list.
+    fn needs(lists: &[&[Hash]]) -> FrameReader<std::io::Cursor<Vec<u8>>> {
+        let mut buf = Vec::new();
+        let mut w = FrameWriter::new(&mut buf);
+        for l in lists {
+            w.msg(&FromSink::PrefillNeed { hashes: l.to_vec() })
+                .unwrap();
+        }
+        w.flush().unwrap();
+        drop(w);
+        FrameReader::new(std::io::Cursor::new(buf))
+    }
+
+    /// The chunks a sink asks for after a prefill are sent from the file, in its order, and
+    /// counted in the report; a sink asking for a chunk the segment did not list, or for one
+    /// twice, gets an error and no data.
+    #[test]
+    fn a_prefill_sends_what_the_sink_asks_of_its_segment_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..600u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(dir.path().join("f"), &data).unwrap();
+        let chunks: Vec<ChunkSpec> = data[200..]
+            .chunks(100)
+            .map(|c| ChunkSpec {
+                hash: crate::chunker::hash(c),
+                len: 100,
+            })
+            .collect();
+        let seg = || scan::Segment {
+            path: "f".into(),
+            size: 600,
+            offset: 200,
+            chunks: chunks.clone(),
+        };
+        let (third, first) = (chunks[2].hash, chunks[0].hash);
+
+        let mut sent = Vec::new();
+        let mut w = FrameWriter::new(&mut sent);
+        let mut p = Prefills::default();
+        let mut one = Some(seg());
+        p.send_all(&mut needs(&[&[third, first]]), &mut w, dir.path(), |_| {
+            one.take()
+        })
+        .unwrap();
+        drop(w);
+        assert_eq!(p.sent.chunks_sent, 2);
+        assert_eq!(p.sent.raw_bytes_sent, 200);
+        let mut r = FrameReader::new(&sent[..]);
+        assert!(matches!(
+            r.frame::<ToSink>().unwrap(),
+            Some(crate::codec::Frame::Msg(ToSink::Prefill {
+                offset: 200,
+                ..
+            }))
+        ));
+        for (h, at) in [(third, 400), (first, 200)] {
+            let Some(crate::codec::Frame::Data(d)) = r.frame::<ToSink>().unwrap() else {
+                panic!("expected the data of the chunk at {at}");
+            };
+            assert_eq!(d.hash, h);
+            let raw = compress::decompress(d.codec, &d.payload, d.raw_len).unwrap();
+            assert_eq!(raw, data[at..at + 100]);
+        }
+        assert!(r.frame::<ToSink>().unwrap().is_none());
+
+        for asked in [vec![[9u8; 32]], vec![first, first]] {
+            let mut sent = Vec::new();
+            let mut w = FrameWriter::new(&mut sent);
+            let mut one = Some(seg());
+            let e = Prefills::default()
+                .send_all(&mut needs(&[&asked]), &mut w, dir.path(), |_| one.take())
+                .unwrap_err();
+            assert!(matches!(e, Error::Protocol(_)), "{e}");
+            assert!(e.to_string().contains("did not list"), "{e}");
+            w.flush().unwrap();
+            drop(w);
+            let mut r = FrameReader::new(&sent[..]);
+            assert!(matches!(
+                r.frame::<ToSink>().unwrap(),
+                Some(crate::codec::Frame::Msg(ToSink::Prefill { .. }))
+            ));
+            assert!(
+                r.frame::<ToSink>().unwrap().is_none(),
+                "no data after {asked:?}"
+            );
+        }
     }
 }

@@ -128,7 +128,9 @@ pub enum ToSink {
     /// a long file that changed (`size` bytes now), starting at `offset`. The sink may start
     /// building the file's new version from the chunks its recorded version holds; the file's
     /// `Upsert` later says what it is, and only what a prefill wrote exactly as listed there
-    /// is kept.
+    /// is kept. Answered by [`FromSink::PrefillNeed`]; the chunks it names follow as data
+    /// frames, before the source's next message that is not a `Prefill` (the source may tell
+    /// the next segment first, so the sink answers it while these travel).
     Prefill {
         path: String,
         size: u64,
@@ -205,6 +207,14 @@ pub enum FromSink {
     /// deletes those moves stood for in the batches that follow.
     Refused {
         moves: Vec<String>,
+    },
+    /// The answer to a [`ToSink::Prefill`]: the chunks of its segment the sink holds nowhere,
+    /// in the order it wants them (none when it does not prefill the file; none already asked
+    /// for by an earlier answer). The source sends them as data frames right away, so they
+    /// travel while it still reads the rest of the tree; any it does not send (or that do not
+    /// verify) the file's batch asks for again.
+    PrefillNeed {
+        hashes: Vec<Hash>,
     },
 }
 

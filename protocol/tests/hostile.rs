@@ -292,6 +292,35 @@ fn send_named(p: &mut Peer, hashes: &[Hash], data: &[u8], chunks: &[ChunkSpec]) 
     }
 }
 
+/// Upload `data` as `path` in a session of its own; its chunk list.
+fn place(root: &Path, path: &str, data: &[u8]) -> Vec<ChunkSpec> {
+    let (e, c) = file_entry(path, data);
+    let mut p = connect(root);
+    let op = Op::Upsert {
+        entry: e,
+        chunks: Some(c.clone()),
+    };
+    run_batch(&mut p, vec![op], data, &c);
+    commit_and_leave(p);
+    c
+}
+
+/// Files in the sink's staging directory.
+fn staged(root: &Path) -> usize {
+    fs::read_dir(root.join(".mtr-sync/staging")).map_or(0, |rd| rd.count())
+}
+
+/// Send a `Prefill` and read the chunks the sink asks for in answer (sending none of them).
+fn prefill(p: &mut Peer, msg: &ToSink) -> Vec<Hash> {
+    assert!(matches!(msg, ToSink::Prefill { .. }));
+    p.w.msg(msg).unwrap();
+    p.w.flush().unwrap();
+    match p.r.msg::<FromSink>().unwrap() {
+        FromSink::PrefillNeed { hashes } => hashes,
+        other => panic!("expected PrefillNeed, got {other:?}"),
+    }
+}
+
 /// Commit, say goodbye, and check the sink ended well.
 fn commit_and_leave(mut p: Peer) {
     p.w.msg(&ToSink::Commit).unwrap();
@@ -1185,21 +1214,9 @@ fn prefills_outside_the_root_or_their_file_are_refused() {
 fn prefills_never_decide_a_file_and_leave_nothing_unclaimed() {
     let root = tempfile::tempdir().unwrap();
     let old = noise(3 << 20, 52);
-    let (e, c) = file_entry("ckpt.bin", &old);
-    let mut p = connect(root.path());
-    run_batch(
-        &mut p,
-        vec![Op::Upsert {
-            entry: e,
-            chunks: Some(c.clone()),
-        }],
-        &old,
-        &c,
-    );
-    commit_and_leave(p);
-    let staging = root.path().join(".mtr-sync/staging");
-    let staged = || fs::read_dir(&staging).map_or(0, |rd| rd.count());
-    let prefill = |chunks: Vec<ChunkSpec>| ToSink::Prefill {
+    let c = place(root.path(), "ckpt.bin", &old);
+    let staged = || staged(root.path());
+    let told = |chunks: Vec<ChunkSpec>| ToSink::Prefill {
         path: "ckpt.bin".into(),
         size: old.len() as u64,
         offset: 0,
@@ -1208,7 +1225,7 @@ fn prefills_never_decide_a_file_and_leave_nothing_unclaimed() {
 
     // Told, then committed with no upsert.
     let mut p = connect(root.path());
-    p.w.msg(&prefill(c.clone())).unwrap();
+    assert!(prefill(&mut p, &told(c.clone())).is_empty());
     commit_and_leave(p);
     assert_eq!(staged(), 0);
     assert!(fs::read(root.path().join("ckpt.bin")).unwrap() == old);
@@ -1218,8 +1235,11 @@ fn prefills_never_decide_a_file_and_leave_nothing_unclaimed() {
     new[..1000].fill(7);
     let (e, nc) = file_entry("ckpt.bin", &new);
     let mut p = connect(root.path());
-    p.w.msg(&prefill(c.iter().rev().cloned().collect()))
-        .unwrap();
+    let asked = prefill(&mut p, &told(c.iter().rev().cloned().collect()));
+    assert!(
+        asked.is_empty(),
+        "the recorded version holds every chunk told"
+    );
     let rounds = run_batch(
         &mut p,
         vec![Op::Upsert {
@@ -1240,8 +1260,18 @@ fn prefills_never_decide_a_file_and_leave_nothing_unclaimed() {
     newer[2 << 20..(2 << 20) + 1000].fill(8);
     let (e, nc2) = file_entry("ckpt.bin", &newer);
     let mut p = connect(root.path());
-    p.w.msg(&prefill(c.clone())).unwrap();
-    p.w.msg(&prefill(nc2.clone())).unwrap();
+    // The first list's head is no longer the sink's: it asks for it (and is never sent it).
+    let asked = prefill(&mut p, &told(c.clone()));
+    let lacking: Vec<Hash> = c
+        .iter()
+        .map(|x| x.hash)
+        .filter(|h| !nc.iter().any(|y| y.hash == *h))
+        .collect();
+    assert!(!asked.is_empty() && asked == lacking, "{asked:?}");
+    assert!(
+        prefill(&mut p, &told(nc2.clone())).is_empty(),
+        "told twice: not prefilled"
+    );
     run_batch(
         &mut p,
         vec![Op::Upsert {
@@ -1256,6 +1286,198 @@ fn prefills_never_decide_a_file_and_leave_nothing_unclaimed() {
     assert_eq!(staged(), 0);
 }
 
+/// The chunks a prefill's file lacks are asked for in answer (`PrefillNeed`) and sent at once,
+/// before the batch: the file's `Upsert` then asks for none of them. What was asked for and
+/// does not verify is dropped and asked for again by the batch; a chunk not asked for, or
+/// sent after the source's next message, is refused; a chunk another file here holds is not
+/// asked for (the batch copies it).
+#[test]
+fn a_prefill_asks_for_what_no_file_holds_and_takes_only_that() {
+    let root = tempfile::tempdir().unwrap();
+    let old = noise(3 << 20, 61);
+    let other = noise(2 << 20, 63);
+    let (e, c) = file_entry("ckpt.bin", &old);
+    let (oe, oc) = file_entry("other.bin", &other);
+    let mut both = old.clone();
+    both.extend_from_slice(&other);
+    let mut p = connect(root.path());
+    let upserts = vec![
+        Op::Upsert {
+            entry: e,
+            chunks: Some(c.clone()),
+        },
+        Op::Upsert {
+            entry: oe,
+            chunks: Some(oc.clone()),
+        },
+    ];
+    let mut all = c.clone();
+    all.extend_from_slice(&oc);
+    run_batch(&mut p, upserts, &both, &all);
+    commit_and_leave(p);
+
+    // ckpt.bin with 1000 bytes overwritten at 1.5 MiB, the prefill told in one segment.
+    let edit = |base: &[u8], fill: u8| {
+        let mut new = base.to_vec();
+        new[3 << 19..(3 << 19) + 1000].fill(fill);
+        new
+    };
+    let told = |chunks: &[ChunkSpec], size: usize| ToSink::Prefill {
+        path: "ckpt.bin".into(),
+        size: size as u64,
+        offset: 0,
+        chunks: chunks.to_vec(),
+    };
+    let lacking = |new: &[ChunkSpec], had: &[ChunkSpec]| -> Vec<Hash> {
+        new.iter()
+            .map(|x| x.hash)
+            .filter(|h| !had.iter().any(|y| y.hash == *h))
+            .collect()
+    };
+    let upsert = |data: &[u8]| {
+        let (e, c) = file_entry("ckpt.bin", data);
+        (
+            Op::Upsert {
+                entry: e,
+                chunks: Some(c.clone()),
+            },
+            c,
+        )
+    };
+
+    // Told in two segments, the second before the first's chunks are sent (as mtr does), and
+    // sent as asked: the batch asks for nothing.
+    let new = edit(&old, 1);
+    let (op, nc) = upsert(&new);
+    let mut p = connect(root.path());
+    let half = nc.len() / 2;
+    let mid: u64 = nc[..half].iter().map(|x| u64::from(x.len)).sum();
+    let mut asked = prefill(&mut p, &told(&nc[..half], new.len()));
+    let ToSink::Prefill { chunks, .. } = told(&nc[half..], new.len()) else {
+        unreachable!()
+    };
+    asked.extend(prefill(
+        &mut p,
+        &ToSink::Prefill {
+            path: "ckpt.bin".into(),
+            size: new.len() as u64,
+            offset: mid,
+            chunks,
+        },
+    ));
+    assert!(!asked.is_empty() && asked == lacking(&nc, &c), "{asked:?}");
+    send_named(&mut p, &asked, &new, &nc);
+    let rounds = run_batch(&mut p, vec![op], &new, &nc);
+    assert_eq!(rounds.iter().sum::<usize>(), 0, "asked again: {rounds:?}");
+    commit_and_leave(p);
+    assert!(fs::read(root.path().join("ckpt.bin")).unwrap() == new);
+
+    // Sent corrupt (a payload that is not the chunk its hash names): dropped, and asked for
+    // again by the batch.
+    let newer = edit(&new, 2);
+    let (op, nc2) = upsert(&newer);
+    let mut p = connect(root.path());
+    let asked = prefill(&mut p, &told(&nc2, newer.len()));
+    assert_eq!(asked, lacking(&nc2, &nc));
+    for h in &asked {
+        let len = nc2.iter().find(|x| x.hash == *h).unwrap().len;
+        p.w.data(h, Codec::Raw, len, &vec![9u8; len as usize])
+            .unwrap();
+    }
+    let rounds = run_batch(&mut p, vec![op], &newer, &nc2);
+    assert_eq!(rounds.iter().sum::<usize>(), asked.len(), "{rounds:?}");
+    commit_and_leave(p);
+    assert!(fs::read(root.path().join("ckpt.bin")).unwrap() == newer);
+
+    // A chunk not asked for (one the sink holds), or one asked for but sent after the next
+    // message: refused.
+    let newest = edit(&newer, 3);
+    let (_, nc3) = upsert(&newest);
+    let held: Vec<Hash> = vec![nc3.iter().find(|x| !asked.contains(&x.hash)).unwrap().hash];
+    let mut p = connect(root.path());
+    prefill(&mut p, &told(&nc3, newest.len()));
+    send_named(&mut p, &held, &newest, &nc3);
+    p.w.flush().unwrap();
+    let msg = sink_error(p);
+    assert!(msg.contains("data frame outside a batch"), "{msg}");
+    let mut p = connect(root.path());
+    let asked = prefill(&mut p, &told(&nc3, newest.len()));
+    assert!(!asked.is_empty());
+    p.w.msg(&ToSink::ChangesFollow).unwrap();
+    send_named(&mut p, &asked, &newest, &nc3);
+    p.w.flush().unwrap();
+    let msg = sink_error(p);
+    assert!(msg.contains("data frame outside a batch"), "{msg}");
+    assert!(fs::read(root.path().join("ckpt.bin")).unwrap() == newer);
+
+    // ckpt.bin becomes a copy of other.bin: nothing is asked for, nothing travels.
+    let (op, _) = upsert(&other);
+    let mut p = connect(root.path());
+    let asked = prefill(&mut p, &told(&oc, other.len()));
+    assert!(asked.is_empty(), "{asked:?}");
+    let rounds = run_batch(&mut p, vec![op], &other, &oc);
+    assert_eq!(rounds.iter().sum::<usize>(), 0, "{rounds:?}");
+    commit_and_leave(p);
+    assert!(fs::read(root.path().join("ckpt.bin")).unwrap() == other);
+    assert_eq!(staged(root.path()), 0);
+}
+
+/// A session that ends after its prefills' chunks arrived (mtr killed, the connection lost)
+/// keeps them: the next session asks for none of them, told the file's segments again or
+/// not.
+#[test]
+fn chunks_a_prefill_received_survive_an_interrupted_session() {
+    let root = tempfile::tempdir().unwrap();
+    let old = noise(3 << 20, 65);
+    place(root.path(), "ckpt.bin", &old);
+    let mut new = old.clone();
+    for at in [100_000usize, 1_600_000, 3_000_000] {
+        new[at..at + 5000].copy_from_slice(&noise(5000, at as u64));
+    }
+    let (e, nc) = file_entry("ckpt.bin", &new);
+    let told = ToSink::Prefill {
+        path: "ckpt.bin".into(),
+        size: new.len() as u64,
+        offset: 0,
+        chunks: nc.clone(),
+    };
+    let hang_up = |p: Peer| {
+        let Peer { r, w, raw, sink } = p;
+        drop((r, w));
+        let _ = raw.shutdown(Shutdown::Both);
+        drop(raw);
+        sink.join().unwrap().unwrap();
+    };
+    let mut p = connect(root.path());
+    let asked = prefill(&mut p, &told);
+    assert!(asked.len() >= 3, "{asked:?}");
+    send_named(&mut p, &asked, &new, &nc);
+    p.w.flush().unwrap();
+    hang_up(p);
+
+    // Told again (mtr's index was not saved either): nothing asked for; interrupted again.
+    let mut p = connect(root.path());
+    let asked = prefill(&mut p, &told);
+    assert!(asked.is_empty(), "asked again: {asked:?}");
+    hang_up(p);
+
+    // Sent with no prefill (mtr's index was saved).
+    let mut p = connect(root.path());
+    let rounds = run_batch(
+        &mut p,
+        vec![Op::Upsert {
+            entry: e,
+            chunks: Some(nc.clone()),
+        }],
+        &new,
+        &nc,
+    );
+    assert_eq!(rounds.iter().sum::<usize>(), 0, "sent again: {rounds:?}");
+    commit_and_leave(p);
+    assert!(fs::read(root.path().join("ckpt.bin")).unwrap() == new);
+    assert_eq!(staged(root.path()), 0);
+}
+
 /// `UpsertPrefilled` builds a file from the chunk lists its prefills told, checked like any
 /// list: prefills that do not cover the file end to end, or a list that is not the file's
 /// (its size and digest), are refused; prefills told in parts, in any order, build it.
@@ -1267,13 +1489,14 @@ fn an_upsert_of_prefills_needs_prefills_that_make_up_the_file() {
     let half = c.len() / 2;
     let mid: u64 = c[..half].iter().map(|c| u64::from(c.len)).sum();
     let tell = |p: &mut Peer, offset: u64, chunks: &[ChunkSpec]| {
-        p.w.msg(&ToSink::Prefill {
+        let msg = ToSink::Prefill {
             path: "f.bin".into(),
             size: data.len() as u64,
             offset,
             chunks: chunks.to_vec(),
-        })
-        .unwrap();
+        };
+        // No recorded version: nothing prefilled, nothing asked for.
+        assert!(prefill(p, &msg).is_empty());
     };
     let upsert = || Op::UpsertPrefilled { entry: e.clone() };
     let refused = |tell_first: &dyn Fn(&mut Peer)| {

@@ -31,6 +31,8 @@ struct Pair {
     prefilled: std::sync::Mutex<Vec<Segment>>,
     /// Bytes the source wrote to the sink in the last sync.
     sent: Arc<AtomicU64>,
+    /// Of those, the bytes written with the prefills, before the first batch.
+    ahead: AtomicU64,
 }
 
 /// A writer that counts what goes through it.
@@ -63,6 +65,7 @@ impl Pair {
             between: None,
             prefilled: Default::default(),
             sent: Default::default(),
+            ahead: Default::default(),
         }
     }
     fn src(&self) -> &Path {
@@ -111,10 +114,11 @@ impl Pair {
             )?;
             let found = found.into_inner().unwrap();
             let mut prefills = source::Prefills::default();
-            for seg in &found {
-                prefills.send(&mut w, seg.clone())?;
-            }
+            let mut segs = found.iter().cloned();
+            prefills.send_all(&mut r, &mut w, self.src(), |_| segs.next())?;
             *self.prefilled.lock().unwrap() = found;
+            self.ahead
+                .store(self.sent.load(Ordering::Relaxed), Ordering::Relaxed);
             if let Some(between) = &self.between {
                 between();
             }
@@ -958,6 +962,52 @@ fn prefill_seen(staging: &Path) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     false
+}
+
+/// The chunks of a long changed file that the sink holds nowhere travel with its prefills,
+/// before the first batch, and only once; a long file that becomes a copy of another the sink
+/// holds sends no data at all.
+#[test]
+fn a_prefilled_files_new_chunks_travel_ahead_once() {
+    let mut p = Pair::new();
+    p.chunker = Chunker {
+        segment: 1 << 20,
+        ..Chunker::default()
+    };
+    p.prefill = true;
+    let mut big = Rng(41).bytes(6 << 20);
+    let other = Rng(42).bytes(5 << 20);
+    fs::write(p.src().join("big.bin"), &big).unwrap();
+    fs::write(p.src().join("other.bin"), &other).unwrap();
+    p.sync();
+
+    // 4 KiB overwritten in three segments.
+    let old = Chunker::default().chunk(&big);
+    for at in [300_000usize, 2_500_000, 5_000_000] {
+        big[at..at + 4096].copy_from_slice(&Rng(at as u64).bytes(4096));
+    }
+    fs::write(p.src().join("big.bin"), &big).unwrap();
+    let new = Chunker::default().chunk(&big);
+    let changed: u64 = new
+        .iter()
+        .filter(|c| !old.iter().any(|o| o.hash == c.hash))
+        .map(|c| c.len as u64)
+        .sum();
+    assert!(changed > 3 * 4096, "{changed}");
+    let r = p.sync();
+    assert_eq!(r.raw_bytes_sent, changed, "each new chunk sent once");
+    assert_eq!(r.sink.bytes_received, changed);
+    let ahead = p.ahead.load(Ordering::Relaxed);
+    assert!(ahead > changed, "{ahead} bytes before the first batch");
+    assert!(r.sink.bytes_copied_locally >= big.len() as u64 - changed);
+
+    // big.bin becomes a copy of other.bin: copied on the sink, nothing asked of the source.
+    fs::write(p.src().join("big.bin"), &other).unwrap();
+    let r = p.sync();
+    assert!(!p.prefilled.lock().unwrap().is_empty());
+    assert_eq!(r.raw_bytes_sent, 0);
+    assert_eq!(r.sink.bytes_received, 0);
+    assert!(p.ahead.load(Ordering::Relaxed) < 64 << 10);
 }
 
 /// A long file changed near its head is built on the sink from the prefills sent while the
