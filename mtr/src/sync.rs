@@ -164,18 +164,23 @@ pub fn sync(ssh: &Ssh, s: &Settings, ui: &Ui, dry_run: bool, local: LocalScan) -
     });
     // While the scan reads the long files that changed, the agent starts building them from
     // what it holds, and the chunks it lacks travel (their segments arrive as the scan finds
-    // them; the loop ends with it).
+    // them; the loop ends with it). What it lacks once the scan is over goes with the batches,
+    // which show their progress.
     let mut prefills = source::Prefills::default();
     let prefilled = match (&mut agent, segments) {
-        (Ok(a), Some(found)) => {
-            prefills.send_all(&mut a.reader, &mut a.writer, &s.project_root, |wait| {
+        (Ok(a), Some(found)) => prefills.send_all(
+            &mut a.reader,
+            &mut a.writer,
+            &s.project_root,
+            |wait| {
                 if wait {
                     found.recv().ok()
                 } else {
                     found.try_recv().ok()
                 }
-            })
-        }
+            },
+            &|| !scan.is_finished(),
+        ),
         _ => Ok(()),
     };
     let local = scan

@@ -262,16 +262,19 @@ pub struct Prefills {
 
 impl Prefills {
     /// Tell the sink the segments the scan finds ([`scan_local_early`]) in the tree at `root`,
-    /// and send the chunks of each that it asks for. `next(wait)` gives the next segment
-    /// (waiting for one if `wait`), `None` once there are no more (not waiting: none yet).
-    /// The next segment, when found, is told before the chunks of the last one are sent, so
-    /// the sink's answer to it travels meanwhile and the link does not wait for it.
+    /// and send the chunks of each that it asks for while `scanning()`: what it asks for
+    /// once the scan has ended travels with the batches, which report their progress.
+    /// `next(wait)` gives the next segment (waiting for one if `wait`), `None` once there are
+    /// no more (not waiting: none yet). The next segment, when found, is told before the
+    /// chunks of the last one are sent, so the sink's answer to it travels meanwhile and the
+    /// link does not wait for it.
     pub fn send_all<R: Read, W: Write>(
         &mut self,
         r: &mut FrameReader<R>,
         w: &mut FrameWriter<W>,
         root: &Path,
         mut next: impl FnMut(bool) -> Option<scan::Segment>,
+        scanning: &dyn Fn() -> bool,
     ) -> Result<()> {
         loop {
             if self.told.is_empty() {
@@ -286,7 +289,8 @@ impl Prefills {
                     self.tell(w, seg)?;
                 }
             }
-            self.answer(r, w, root)?;
+            let send = scanning();
+            self.answer(r, w, root, send)?;
         }
     }
 
@@ -317,12 +321,14 @@ impl Prefills {
         Ok(())
     }
 
-    /// Read the sink's answer to the oldest segment told and send the chunks it asks for.
+    /// Read the sink's answer to the oldest segment told and, if `send`, send the chunks it
+    /// asks for (those not sent, the file's batch asks for again).
     fn answer<R: Read, W: Write>(
         &mut self,
         r: &mut FrameReader<R>,
         w: &mut FrameWriter<W>,
         root: &Path,
+        send: bool,
     ) -> Result<()> {
         let Some(scan::Segment {
             path,
@@ -343,24 +349,26 @@ impl Prefills {
                 )))
             }
         };
+        // Only chunks of this segment, each once: anything else is a sink asking for what it
+        // was never offered.
+        let mut locs: HashMap<Hash, (String, u64, u32)> = HashMap::new();
         if !hashes.is_empty() {
-            // Only chunks of this segment, each once: anything else is a sink asking for
-            // what it was never offered.
-            let mut locs: HashMap<Hash, (String, u64, u32)> = HashMap::new();
             for (at, c) in crate::chunker::placed(&chunks) {
                 locs.entry(c.hash)
                     .or_insert_with(|| (path.clone(), offset + at, c.len));
             }
-            let mut asked = HashSet::with_capacity(hashes.len());
-            if !hashes
-                .iter()
-                .all(|h| asked.insert(*h) && locs.contains_key(h))
-            {
-                return Err(Error::Protocol(format!(
-                    "the receiving side asked for chunks of {path} that its prefill did not list, \
-                     or asked twice"
-                )));
-            }
+        }
+        let mut asked = HashSet::with_capacity(hashes.len());
+        if !hashes
+            .iter()
+            .all(|h| asked.insert(*h) && locs.contains_key(h))
+        {
+            return Err(Error::Protocol(format!(
+                "the receiving side asked for chunks of {path} that its prefill did not list, \
+                 or asked twice"
+            )));
+        }
+        if send && !hashes.is_empty() {
             if self.pool.is_none() {
                 let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
                 self.pool = rayon::ThreadPoolBuilder::new()
@@ -392,8 +400,9 @@ impl Prefills {
             w.flush()?;
         }
         log::debug!(
-            "prefill of {path} at {offset}: {} chunk(s) asked for, sent in {:.0?}",
+            "prefill of {path} at {offset}: {} chunk(s) asked for, {} in {:.0?}",
             hashes.len(),
+            if send { "sent" } else { "left to the batch" },
             clock.elapsed()
         );
         Ok(())
@@ -1086,7 +1095,8 @@ mod tests {
         let mut p = Prefills::default();
         let mut send = |p: &mut Prefills, s| {
             let mut one = Some(s);
-            p.send_all(&mut r, &mut w, root, |_| one.take()).unwrap()
+            p.send_all(&mut r, &mut w, root, |_| one.take(), &|| true)
+                .unwrap()
         };
         send(&mut p, seg("a", 300, 200, vec![spec(3, 100)]));
         send(&mut p, seg("a", 300, 0, vec![spec(1, 100), spec(9, 100)]));
@@ -1137,7 +1147,7 @@ mod tests {
         let mut w = FrameWriter::new(&mut sent);
         let mut r = needs(&[&[spec_of(100).hash], &[spec_of(200).hash]]);
         Prefills::default()
-            .send_all(&mut r, &mut w, dir.path(), |_| segs.next())
+            .send_all(&mut r, &mut w, dir.path(), |_| segs.next(), &|| true)
             .unwrap();
         drop(w);
         let mut r = FrameReader::new(&sent[..]);
@@ -1197,9 +1207,14 @@ mod tests {
         let mut w = FrameWriter::new(&mut sent);
         let mut p = Prefills::default();
         let mut one = Some(seg());
-        p.send_all(&mut needs(&[&[third, first]]), &mut w, dir.path(), |_| {
-            one.take()
-        })
+        let scanning = || true;
+        p.send_all(
+            &mut needs(&[&[third, first]]),
+            &mut w,
+            dir.path(),
+            |_| one.take(),
+            &scanning,
+        )
         .unwrap();
         drop(w);
         assert_eq!(p.sent.chunks_sent, 2);
@@ -1222,12 +1237,40 @@ mod tests {
         }
         assert!(r.frame::<ToSink>().unwrap().is_none());
 
+        // Once the scan has ended, what is asked for is left to the batch.
+        let mut sent = Vec::new();
+        let mut w = FrameWriter::new(&mut sent);
+        let mut p = Prefills::default();
+        let mut one = Some(seg());
+        p.send_all(
+            &mut needs(&[&[third]]),
+            &mut w,
+            dir.path(),
+            |_| one.take(),
+            &|| false,
+        )
+        .unwrap();
+        drop(w);
+        assert_eq!(p.sent.chunks_sent, 0);
+        let mut r = FrameReader::new(&sent[..]);
+        assert!(matches!(
+            r.frame::<ToSink>().unwrap(),
+            Some(crate::codec::Frame::Msg(ToSink::Prefill { .. }))
+        ));
+        assert!(r.frame::<ToSink>().unwrap().is_none());
+
         for asked in [vec![[9u8; 32]], vec![first, first]] {
             let mut sent = Vec::new();
             let mut w = FrameWriter::new(&mut sent);
             let mut one = Some(seg());
             let e = Prefills::default()
-                .send_all(&mut needs(&[&asked]), &mut w, dir.path(), |_| one.take())
+                .send_all(
+                    &mut needs(&[&asked]),
+                    &mut w,
+                    dir.path(),
+                    |_| one.take(),
+                    &|| true,
+                )
                 .unwrap_err();
             assert!(matches!(e, Error::Protocol(_)), "{e}");
             assert!(e.to_string().contains("did not list"), "{e}");

@@ -33,6 +33,9 @@ struct Pair {
     sent: Arc<AtomicU64>,
     /// Of those, the bytes written with the prefills, before the first batch.
     ahead: AtomicU64,
+    /// Whether the prefills are sent as if the scan still ran (their chunks travel with
+    /// them), or as after it (their chunks go with the batch).
+    scanning: bool,
 }
 
 /// A writer that counts what goes through it.
@@ -66,6 +69,7 @@ impl Pair {
             prefilled: Default::default(),
             sent: Default::default(),
             ahead: Default::default(),
+            scanning: true,
         }
     }
     fn src(&self) -> &Path {
@@ -115,7 +119,8 @@ impl Pair {
             let found = found.into_inner().unwrap();
             let mut prefills = source::Prefills::default();
             let mut segs = found.iter().cloned();
-            prefills.send_all(&mut r, &mut w, self.src(), |_| segs.next())?;
+            let scanning = || self.scanning;
+            prefills.send_all(&mut r, &mut w, self.src(), |_| segs.next(), &scanning)?;
             *self.prefilled.lock().unwrap() = found;
             self.ahead
                 .store(self.sent.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -1000,6 +1005,28 @@ fn a_prefilled_files_new_chunks_travel_ahead_once() {
     let ahead = p.ahead.load(Ordering::Relaxed);
     assert!(ahead > changed, "{ahead} bytes before the first batch");
     assert!(r.sink.bytes_copied_locally >= big.len() as u64 - changed);
+
+    // Asked for once the scan has ended: left to the batch, which sends them once.
+    p.scanning = false;
+    let before = big.clone();
+    big[4_000_000..4_004_096].copy_from_slice(&Rng(7).bytes(4096));
+    fs::write(p.src().join("big.bin"), &big).unwrap();
+    let changed: u64 = Chunker::default()
+        .chunk(&big)
+        .iter()
+        .filter(|c| {
+            !Chunker::default()
+                .chunk(&before)
+                .iter()
+                .any(|o| o.hash == c.hash)
+        })
+        .map(|c| c.len as u64)
+        .sum();
+    let r = p.sync();
+    assert!(!p.prefilled.lock().unwrap().is_empty());
+    assert_eq!(r.raw_bytes_sent, changed);
+    assert!(p.ahead.load(Ordering::Relaxed) < 16 << 10);
+    p.scanning = true;
 
     // big.bin becomes a copy of other.bin: copied on the sink, nothing asked of the source.
     fs::write(p.src().join("big.bin"), &other).unwrap();
