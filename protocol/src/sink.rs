@@ -1870,6 +1870,7 @@ impl Sink {
         }
         self.ensure_locs();
         let mut order = Vec::new();
+        let shared: Arc<str> = Arc::from(path.as_str());
         for (off, c) in new {
             if self.locs.contains_key(&c.hash) {
                 continue;
@@ -1878,7 +1879,7 @@ impl Sink {
             if targets.is_empty() {
                 order.push(c.hash);
             }
-            targets.push((path.clone(), off, c.len));
+            targets.push((shared.clone(), off, c.len));
         }
         Ok(order)
     }
@@ -1886,7 +1887,7 @@ impl Sink {
     /// A chunk a [`FromSink::PrefillNeed`] asked for: written into its file's prefill
     /// wherever the segment lists it, and counted as that prefill's. One that does not verify
     /// (the source's file changed as it was read) is dropped: the batch asks for it again.
-    fn prefill_data(&mut self, d: DataFrame, targets: Vec<(String, u64, u32)>) -> Result<()> {
+    fn prefill_data(&mut self, d: DataFrame, targets: Vec<(Arc<str>, u64, u32)>) -> Result<()> {
         self.payload_received += d.payload.len() as u64;
         let raw = match d.codec {
             Codec::Raw if d.payload.len() == d.raw_len as usize => d.payload,
@@ -1902,7 +1903,7 @@ impl Sink {
         self.stats.bytes_received += raw.len() as u64;
         for (path, off, len) in targets {
             // Dropped since it was asked for (told twice), or listed at another length.
-            let Some(p) = self.prefills.files.get_mut(&path) else {
+            let Some(p) = self.prefills.files.get_mut(&*path) else {
                 continue;
             };
             if len as usize != raw.len() {
@@ -2425,7 +2426,7 @@ struct Prefills {
     ignored: HashSet<String>,
     /// The chunks [`FromSink::PrefillNeed`]s asked for and not yet received, and where each
     /// goes: (path, offset, length).
-    wanted: HashMap<Hash, Vec<(String, u64, u32)>>,
+    wanted: HashMap<Hash, Vec<(Arc<str>, u64, u32)>>,
     jobs: Option<std::sync::mpsc::Sender<PrefillJob>>,
     worker: Option<std::thread::JoinHandle<()>>,
 }
