@@ -95,14 +95,29 @@ impl Chunker {
     /// all cores; a segment start is a forced boundary, so an insertion costs at most one
     /// extra chunk per segment after it.
     pub fn chunk_input(&self, input: &dyn Input) -> io::Result<Vec<ChunkRef>> {
-        self.chunk_strips(input, strip_len(input.size(), self.segment))
+        self.chunk_input_each(input, &|_| {})
     }
 
-    fn chunk_strips(&self, input: &dyn Input, strip: usize) -> io::Result<Vec<ChunkRef>> {
+    /// [`Chunker::chunk_input`], telling `each` (from any thread) every segment's chunks as
+    /// soon as they are found.
+    pub fn chunk_input_each(
+        &self,
+        input: &dyn Input,
+        each: &(dyn Fn(&[ChunkRef]) + Sync),
+    ) -> io::Result<Vec<ChunkRef>> {
+        self.chunk_strips(input, strip_len(input.size(), self.segment), each)
+    }
+
+    fn chunk_strips(
+        &self,
+        input: &dyn Input,
+        strip: usize,
+        each: &(dyn Fn(&[ChunkRef]) + Sync),
+    ) -> io::Result<Vec<ChunkRef>> {
         self.per_segment(
             input,
             |base, len| self.chunk_segment(input, base, len, strip),
-            &|_| {},
+            each,
         )
     }
 
@@ -792,7 +807,7 @@ mod tests {
         for strip in [1, 1000, 4099, 70_000, 1 << 20] {
             let input = FileLike::new(&data);
             assert_eq!(
-                c.chunk_strips(&input, strip).unwrap(),
+                c.chunk_strips(&input, strip, &|_| {}).unwrap(),
                 expect,
                 "strip {strip}"
             );
@@ -823,7 +838,7 @@ mod tests {
                 shrunk_at,
                 ..FileLike::new(&data)
             };
-            let err = c.chunk_strips(&input, 1 << 20).unwrap_err();
+            let err = c.chunk_strips(&input, 1 << 20, &|_| {}).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{shrunk_at}");
             let err = c
                 .rechunk_strips(&input, &old, 1 << 20, &|_| {})

@@ -508,7 +508,7 @@ fn rechunk_file_each(
             size: before.size,
         };
         let read = if old.is_empty() {
-            chunker.chunk_input(&input)
+            chunker.chunk_input_each(&input, each)
         } else {
             chunker.rechunk_input_each(&input, old, each)
         };
@@ -775,7 +775,7 @@ pub fn scan(
 }
 
 /// [`scan`], telling `early` (from any thread) the segments of long files that changed since
-/// the index, from the first segment that differs on, as they are found.
+/// the index (or are new), from the first segment that differs on, as they are found.
 pub fn scan_early(
     root: &Path,
     filter: &Filter,
@@ -887,7 +887,7 @@ pub fn scan_early(
         .map(|(k, p, st, was)| {
             let abs = root.join(p);
             let read = match early {
-                Some(early) if !was.is_empty() && early_worthy(st.size, chunker) => {
+                Some(early) if early_worthy(st.size, chunker) => {
                     let told = EarlyFile::new(p, st.size, was, early);
                     rechunk_file_each(&abs, st, chunker, was, &|c| told.segment(c))
                 }

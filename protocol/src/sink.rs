@@ -1777,8 +1777,8 @@ impl Sink {
     /// [`ToSink::Prefill`]: the segment's chunks that the file's recorded version holds are
     /// copied into its prefill in staging, by the prefill thread; those no file here holds
     /// are returned, for the source to send at once ([`FromSink::PrefillNeed`]). A file
-    /// without a trusted recorded version is left alone (nothing returned); its `Upsert` will
-    /// build it as usual.
+    /// without a trusted recorded version (a new one: a first sync) has all its chunks that
+    /// no file here holds asked for.
     fn prefill(
         &mut self,
         path: String,
@@ -1801,13 +1801,8 @@ impl Sink {
             return Ok(Vec::new());
         }
         if !self.prefills.files.contains_key(&path) {
-            match self.start_prefill(&path)? {
-                Some(p) => self.prefills.files.insert(path.clone(), p),
-                None => {
-                    self.prefills.ignored.insert(path);
-                    return Ok(Vec::new());
-                }
-            };
+            let p = self.start_prefill(&path)?;
+            self.prefills.files.insert(path.clone(), p);
         }
         let p = self.prefills.files.get_mut(&path).expect("started above");
         // Segments of one file never overlap (a file read twice tells its segments again):
@@ -1856,13 +1851,15 @@ impl Sink {
             }
             off += c.len as u64;
         }
-        let job = PrefillJob {
-            src: p.src.clone(),
-            dst: p.file.try_clone().ctx("open", &p.tmp)?,
-            runs,
-            copies: p.copies.clone(),
-        };
-        self.prefills.send(job);
+        if let Some(src) = &p.src {
+            let job = PrefillJob {
+                src: src.clone(),
+                dst: p.file.try_clone().ctx("open", &p.tmp)?,
+                runs,
+                copies: p.copies.clone(),
+            };
+            self.prefills.send(job);
+        }
         // What the recorded version lacks: asked for now unless another file here holds it
         // (the batch copies that one: a checkpoint copied over another travels not at all).
         if new.is_empty() {
@@ -1916,24 +1913,31 @@ impl Sink {
         Ok(())
     }
 
-    /// The prefill of `path`, if its recorded version can serve one: trusted (unchanged since
-    /// the sink wrote it), its chunk list known, still that version on disk.
-    fn start_prefill(&mut self, path: &str) -> Result<Option<Prefilled>> {
+    /// The prefill of `path`: built from its recorded version where that can serve (trusted,
+    /// unchanged since the sink wrote it, its chunk list known, still that version on disk);
+    /// otherwise (a new file, one changed here) only from what arrives.
+    fn start_prefill(&mut self, path: &str) -> Result<Prefilled> {
         self.load_aside();
-        let Some(r) = self.records.get(path).filter(|r| !r.dirty) else {
-            return Ok(None);
+        let recorded = self
+            .records
+            .get(path)
+            .filter(|r| !r.dirty)
+            .filter(|r| matches!(r.rec.entry.kind, EntryKind::File { .. }))
+            .filter(|r| !r.rec.chunks.is_empty())
+            .and_then(|r| {
+                let src = open_unchanged(&self.root, path, r.rec.stat)?;
+                Some((r, src))
+            });
+        let (stat, src, old) = match recorded {
+            Some((r, src)) => {
+                let mut old = HashMap::with_capacity(r.rec.chunks.len());
+                for (at, c) in chunker::placed(&r.rec.chunks) {
+                    old.entry(c.hash).or_insert(at);
+                }
+                (Some(r.rec.stat), Some(Arc::new(src)), old)
+            }
+            None => (None, None, HashMap::new()),
         };
-        if !matches!(r.rec.entry.kind, EntryKind::File { .. }) || r.rec.chunks.is_empty() {
-            return Ok(None);
-        }
-        let stat = r.rec.stat;
-        let Some(src) = open_unchanged(&self.root, path, stat) else {
-            return Ok(None);
-        };
-        let mut old = HashMap::with_capacity(r.rec.chunks.len());
-        for (at, c) in chunker::placed(&r.rec.chunks) {
-            old.entry(c.hash).or_insert(at);
-        }
         let tmp = self.staging_path(path, "prefill")?;
         // An interrupted session's prefill of this file (kept for the chunks that traveled):
         // built on, its chunks that verify where a segment lists them kept (`leftover`).
@@ -1957,17 +1961,17 @@ impl Sink {
             }
             create_staged(&tmp)?
         };
-        Ok(Some(Prefilled {
+        Ok(Prefilled {
             tmp,
             file,
             leftover,
             stat,
-            src: Arc::new(src),
+            src,
             old,
             segments: BTreeMap::new(),
             planned: HashMap::new(),
             copies: Arc::default(),
-        }))
+        })
     }
 
     /// Where `path` is built: in the staging directory, created when first needed.
@@ -2422,7 +2426,7 @@ struct Prefills {
     /// Chunks listed in all ([`MAX_PREFILL_CHUNKS`]).
     listed: usize,
     files: HashMap<String, Prefilled>,
-    /// Paths that cannot be prefilled (no trusted recorded version).
+    /// Paths whose prefill was dropped (told twice over the same bytes).
     ignored: HashSet<String>,
     /// The chunks [`FromSink::PrefillNeed`]s asked for and not yet received, and where each
     /// goes: (path, offset, length).
@@ -2437,9 +2441,10 @@ struct Prefilled {
     /// The length of the file left by an interrupted session, if any: chunks in it that
     /// verify are not asked for again.
     leftover: u64,
-    /// The recorded version copied from, open, and the `stat` it was trusted at.
-    stat: StatKey,
-    src: Arc<File>,
+    /// The recorded version copied from, open, and the `stat` it was trusted at (none: a
+    /// prefill of what arrives only).
+    stat: Option<StatKey>,
+    src: Option<Arc<File>>,
     /// Where each chunk of the recorded version starts.
     old: HashMap<Hash, u64>,
     /// The segments told (start -> end), which never overlap.
@@ -2633,12 +2638,15 @@ impl Prefills {
     /// or its recorded version changed since.
     fn take(&mut self, path: &str, root: &Root) -> Option<Claimed> {
         let p = self.files.remove(path)?;
-        let unchanged = root
-            .existing(path)
-            .ok()
-            .flatten()
-            .and_then(|abs| fs::symlink_metadata(abs).ok())
-            .is_some_and(|m| m.is_file() && stat_of(&m) == p.stat);
+        // What it copied came from the recorded version: only good if that is still there.
+        // One with nothing copied holds only chunks that arrived and verified.
+        let unchanged = p.stat.is_none_or(|stat| {
+            root.existing(path)
+                .ok()
+                .flatten()
+                .and_then(|abs| fs::symlink_metadata(abs).ok())
+                .is_some_and(|m| m.is_file() && stat_of(&m) == stat)
+        });
         if !unchanged {
             log::debug!("sink: {path} changed while prefilled; building it anew");
             p.remove();

@@ -1039,8 +1039,9 @@ fn a_prefilled_files_new_chunks_travel_ahead_once() {
 
 /// A long file changed near its head is built on the sink from the prefills sent while the
 /// scan ran: every segment is told once the first differs, the sink copies them from the
-/// version it holds, and only the changed chunks travel. A file only touched sends none; one
-/// changed on the sink meanwhile is rebuilt right; no staged file is left behind.
+/// version it holds, and only the changed chunks travel. A new one is built from its
+/// prefills' chunks alone. A file only touched sends none; one changed on the sink meanwhile
+/// is rebuilt right; no staged file is left behind.
 #[test]
 fn long_changed_files_are_built_ahead_from_their_prefills() {
     let mut p = Pair::new();
@@ -1055,11 +1056,12 @@ fn long_changed_files_are_built_ahead_from_their_prefills() {
     let mut big = Rng(31).bytes(6 << 20);
     fs::write(p.src().join("big.bin"), &big).unwrap();
     fs::write(p.src().join("small.txt"), "small").unwrap();
-    p.sync();
-    assert!(
-        p.prefilled.lock().unwrap().is_empty(),
-        "no old version to build from on first contact"
-    );
+    // On first contact every segment is told, and every chunk travels with them.
+    let r = p.sync();
+    assert_eq!(p.prefilled.lock().unwrap().len(), 6);
+    assert_eq!(r.raw_bytes_sent, big.len() as u64 + 5);
+    assert!(p.ahead.load(Ordering::Relaxed) > big.len() as u64);
+    assert_eq!(leftovers(), 0);
 
     // 100 bytes inserted near the head: all 7 segments are told.
     let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
