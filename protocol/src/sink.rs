@@ -1826,28 +1826,27 @@ impl Sink {
         let mut new: Vec<(u64, &ChunkSpec)> = Vec::new();
         let mut off = offset;
         for c in chunks {
-            if !p.old.contains_key(&c.hash) {
-                if p.holds(off, c) {
+            match p.old.get(&c.hash) {
+                Some(&src) => {
+                    p.planned.insert(off, (c.hash, c.len));
+                    match runs.last_mut() {
+                        Some(r) if r.src_off + r.len == src && r.dst_off + r.len == off => {
+                            r.len += c.len as u64;
+                            r.chunks.push((off, c.hash, c.len));
+                        }
+                        _ => runs.push(PrefillRun {
+                            src_off: src,
+                            dst_off: off,
+                            len: c.len as u64,
+                            chunks: vec![(off, c.hash, c.len)],
+                        }),
+                    }
+                }
+                None if p.holds(off, c) => {
                     p.planned.insert(off, (c.hash, c.len));
                     p.copies.arrived(off, c);
-                } else {
-                    new.push((off, c));
                 }
-            }
-            if let Some(&src) = p.old.get(&c.hash) {
-                p.planned.insert(off, (c.hash, c.len));
-                match runs.last_mut() {
-                    Some(r) if r.src_off + r.len == src && r.dst_off + r.len == off => {
-                        r.len += c.len as u64;
-                        r.chunks.push((off, c.hash, c.len));
-                    }
-                    _ => runs.push(PrefillRun {
-                        src_off: src,
-                        dst_off: off,
-                        len: c.len as u64,
-                        chunks: vec![(off, c.hash, c.len)],
-                    }),
-                }
+                None => new.push((off, c)),
             }
             off += c.len as u64;
         }
@@ -1886,17 +1885,14 @@ impl Sink {
     /// (the source's file changed as it was read) is dropped: the batch asks for it again.
     fn prefill_data(&mut self, d: DataFrame, targets: Vec<(Arc<str>, u64, u32)>) -> Result<()> {
         self.payload_received += d.payload.len() as u64;
-        let raw = match d.codec {
-            Codec::Raw if d.payload.len() == d.raw_len as usize => d.payload,
-            codec => compress::decompress(codec, &d.payload, d.raw_len)?,
-        };
-        if chunker::hash(&raw) != d.hash {
+        let hash = d.hash;
+        let Some(raw) = decode(d)? else {
             log::debug!(
                 "sink: prefill chunk {} does not verify; dropped",
-                hex(&d.hash[..8])
+                hex(&hash[..8])
             );
             return Ok(());
-        }
+        };
         self.stats.bytes_received += raw.len() as u64;
         for (path, off, len) in targets {
             // Dropped since it was asked for (told twice), or listed at another length.
@@ -1907,8 +1903,8 @@ impl Sink {
                 continue;
             }
             p.file.write_all_at(&raw, off).ctx("write", &p.tmp)?;
-            p.planned.insert(off, (d.hash, len));
-            p.copies.arrived(off, &ChunkSpec { hash: d.hash, len });
+            p.planned.insert(off, (hash, len));
+            p.copies.arrived(off, &ChunkSpec { hash, len });
         }
         Ok(())
     }
@@ -2105,17 +2101,13 @@ impl Sink {
                         .open(&tmp)
                         .ctx("open", &tmp)?;
                     let have_len = m.len();
-                    let mut off = 0u64;
                     let mut buf = Vec::new();
-                    for c in &chunks {
-                        if off + c.len as u64 <= have_len {
-                            buf.resize(c.len as usize, 0);
-                            f.read_exact_at(&mut buf, off).ctx("read", &tmp)?;
-                            if chunker::hash(&buf) == c.hash {
-                                filled.insert(off);
-                            }
+                    for (off, c) in chunker::placed(&chunks) {
+                        if off + c.len as u64 <= have_len
+                            && holds_at(&f, off, c, &mut buf).ctx("read", &tmp)?
+                        {
+                            filled.insert(off);
                         }
-                        off += c.len as u64;
                     }
                     f
                 }
@@ -2458,11 +2450,8 @@ struct Prefilled {
 impl Prefilled {
     /// Whether the file an interrupted session left holds chunk `c` at `off`.
     fn holds(&self, off: u64, c: &ChunkSpec) -> bool {
-        if off.saturating_add(c.len.into()) > self.leftover {
-            return false;
-        }
-        let mut buf = vec![0u8; c.len as usize];
-        self.file.read_exact_at(&mut buf, off).is_ok() && chunker::hash(&buf) == c.hash
+        off.saturating_add(c.len.into()) <= self.leftover
+            && holds_at(&self.file, off, c, &mut Vec::new()).unwrap_or(false)
     }
 
     /// Close and remove the file (copies still queued write to it unlinked).
@@ -2986,22 +2975,16 @@ fn store(
     targets: Vec<(usize, u64)>,
     progress: &dyn Progress,
 ) -> Result<u64> {
-    let raw = match d.codec {
-        Codec::Raw if d.payload.len() == d.raw_len as usize => d.payload,
-        codec => compress::decompress(codec, &d.payload, d.raw_len)?,
-    };
-    if chunker::hash(&raw) != d.hash {
-        return Err(Error::Protocol(format!(
-            "chunk {} does not match its hash",
-            hex(&d.hash[..8])
-        )));
-    }
+    let hash = d.hash;
+    let raw = decode(d)?.ok_or_else(|| {
+        Error::Protocol(format!("chunk {} does not match its hash", hex(&hash[..8])))
+    })?;
     for (idx, off) in targets {
         let s = &staged[idx];
         if s.len_at(off) != Some(raw.len() as u32) {
             return Err(Error::Protocol(format!(
                 "chunk {} has the wrong length for {}",
-                hex(&d.hash[..8]),
+                hex(&hash[..8]),
                 s.path
             )));
         }
@@ -3009,6 +2992,23 @@ fn store(
         progress.advance(raw.len() as u64);
     }
     Ok(raw.len() as u64)
+}
+
+/// The chunk a data frame carries, decompressed; `None` if it is not the chunk its hash
+/// names.
+fn decode(d: DataFrame) -> Result<Option<Vec<u8>>> {
+    let raw = match d.codec {
+        Codec::Raw if d.payload.len() == d.raw_len as usize => d.payload,
+        codec => compress::decompress(codec, &d.payload, d.raw_len)?,
+    };
+    Ok((chunker::hash(&raw) == d.hash).then_some(raw))
+}
+
+/// Whether `f` holds chunk `c` at `off` (read into `buf`).
+fn holds_at(f: &File, off: u64, c: &ChunkSpec, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    buf.resize(c.len as usize, 0);
+    f.read_exact_at(buf, off)?;
+    Ok(chunker::hash(buf) == c.hash)
 }
 
 /// A new file in staging, private to mtr (mode 0600) until it is placed.
