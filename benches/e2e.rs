@@ -18,7 +18,9 @@
 //! Needs root (testkit starts sshd for a throwaway account; the link needs `ip` and `tc`) and
 //! `rsync`. Settings, from the environment:
 //! - `MTR_BENCH_SCALE` (1.0): multiplies every file count and size.
-//! - `MTR_BENCH_REPS` (3): repetitions of each scenario but the first sync; medians reported.
+//! - `MTR_BENCH_REPS` (3): repetitions of each scenario; medians reported. Before each first
+//!   sync after the first, every tool starts cold: the account's processes are killed, the
+//!   remote copies, the installed agent and its state, and mtr's local cache are removed.
 //! - `MTR_BENCH_RATE` (`1gbit`): the link's `tbf` rate (`100mbit`, any `tc` rate, or `unlimited`
 //!   for an unshaped veth).
 //! - `MTR_BENCH_NET` (`netns`): `loopback` runs sshd on loopback in a private namespace, unshaped
@@ -504,12 +506,11 @@ fn ssh_wrapper(dir: &Path, home: &LocalHome) -> String {
 impl Bench {
     /// Runs every repetition of `scenario`: change the tree, then each tool, alternating order.
     fn scenario(&mut self, scenario: Scenario) {
-        let reps = if scenario == Scenario::FirstSync {
-            1
-        } else {
-            self.opts.reps
-        };
+        let reps = self.opts.reps;
         for rep in 0..reps {
+            if scenario == Scenario::FirstSync && rep > 0 {
+                self.cold_start();
+            }
             let what = self.change(scenario, rep);
             eprintln!("\n[{} {}/{reps}] {what}", scenario.name(), rep + 1);
             std::thread::sleep(SETTLE);
@@ -534,6 +535,33 @@ impl Bench {
                     }
                 );
                 self.runs.push(run);
+            }
+        }
+    }
+
+    /// Puts every tool back where it stood before its first sync, so that each repetition of
+    /// the first sync is one: no process of the account left (agents, their watchers), no
+    /// remote copy, no agent installed nor its state on the server, no cache of mtr's here.
+    fn cold_start(&self) {
+        self.server.kill_user_processes();
+        let home = self.server.home();
+        for (tool, dest) in &self.dests {
+            fs::remove_dir_all(dest).unwrap_or_else(|e| panic!("remove {}: {e}", dest.display()));
+            self.server.mkdir_remote(tool.name());
+        }
+        let uid = self.uid;
+        let agent_bases = [
+            home.join(".cache/mtr"),
+            PathBuf::from(format!("/dev/shm/mtr-{uid}")),
+            PathBuf::from(format!("/tmp/mtr-{uid}")),
+            self.mtr_home.path().join(".cache"),
+        ];
+        for dir in agent_bases {
+            match fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    panic!("remove {}: {e}", dir.display())
+                }
+                _ => {}
             }
         }
     }
@@ -860,8 +888,7 @@ impl Bench {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "e2e: {} files, {:.0} MB (scale {}), medians of {} repetitions (first sync: 1); \
-             mtr from {}",
+            "e2e: {} files, {:.0} MB (scale {}), medians of {} repetitions; mtr from {}",
             self.project.layout.files(),
             self.project.layout.bytes() as f64 / MB,
             self.opts.scale,

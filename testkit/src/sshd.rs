@@ -271,6 +271,12 @@ impl Server {
             .collect()
     }
 
+    /// SIGKILLs every process of the account (agents, their watchers and helpers, sessions),
+    /// waiting until none is alive: to start the next run from a cold server.
+    pub fn kill_user_processes(&self) {
+        self.user.kill_processes();
+    }
+
     /// Creates `~/rel` (and missing parents) as the account; returns its path.
     pub fn mkdir_remote(&self, rel: impl AsRef<Path>) -> PathBuf {
         let path = self.remote_path(rel);

@@ -82,7 +82,7 @@ impl User {
 
     /// SIGKILLs the account's processes until none is left alive (zombies, which pid 1 reaps
     /// in its own time, don't count).
-    fn kill_processes(&self) {
+    pub(super) fn kill_processes(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let pids = live_processes(self.uid);
