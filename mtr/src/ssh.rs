@@ -87,6 +87,69 @@ pub struct Output {
 pub struct Ssh {
     session: Session,
     display: String,
+    /// What the socket had carried when authentication ended (see [`Traffic`]).
+    at_auth: Option<Traffic>,
+}
+
+/// TCP payload bytes a socket carried, from the kernel (`TCP_INFO`): SSH's own framing,
+/// padding and MACs included, TCP/IP headers not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub sent: u64,
+    pub received: u64,
+}
+
+impl Traffic {
+    /// What `fd`, a TCP socket, has carried so far; `None` for anything else.
+    fn of(fd: BorrowedFd<'_>) -> Option<Traffic> {
+        // SAFETY: an all-zero tcp_info is a valid value of a plain C struct.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that large; an
+        // older kernel fills a prefix and leaves the rest zero.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        let has_bytes_sent = len as usize
+            >= std::mem::offset_of!(libc::tcp_info, tcpi_bytes_sent) + size_of::<u64>();
+        (rc == 0).then(|| Traffic {
+            // bytes_sent (Linux 4.19) counts retransmissions too; before it, bytes_acked,
+            // which counts the SYN as one byte.
+            sent: if has_bytes_sent {
+                info.tcpi_bytes_sent
+            } else {
+                info.tcpi_bytes_acked.saturating_sub(1)
+            },
+            received: info.tcpi_bytes_received,
+        })
+    }
+}
+
+impl Drop for Ssh {
+    /// With `-vv`, says what the connection carried after the handshake and authentication:
+    /// the cost of the work itself (a no-op sync's round trips), apart from connecting.
+    fn drop(&mut self) {
+        if !log::log_enabled!(log::Level::Debug) {
+            return;
+        }
+        if let (Some(auth), Some(now)) = (self.at_auth, Traffic::of(self.socket())) {
+            log::debug!(
+                "{}: {} B sent, {} B received after authentication ({} B / {} B before: \
+                 TCP payload)",
+                self.display,
+                now.sent.saturating_sub(auth.sent),
+                now.received.saturating_sub(auth.received),
+                auth.sent,
+                auth.received
+            );
+        }
+    }
 }
 
 impl Ssh {
@@ -124,9 +187,15 @@ impl Ssh {
         verify_host_key(&session, opts, &name, &known)?;
         session.set_timeout(millis(AUTH_TIMEOUT));
         authenticate(&session, opts, &display)?;
-        log::debug!("{display}: authenticated");
         session.set_timeout(0);
-        Ok(Ssh { session, display })
+        // SAFETY: the session owns the stream it was given above and keeps it open.
+        let at_auth = Traffic::of(unsafe { BorrowedFd::borrow_raw(session.as_raw_fd()) });
+        log::debug!("{display}: authenticated");
+        Ok(Ssh {
+            session,
+            display,
+            at_auth,
+        })
     }
 
     /// `user@host:port`, for messages.
@@ -784,6 +853,32 @@ fn prefer_fast_ciphers(session: &Session) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn traffic_counts_a_sockets_payload_and_nothing_else() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        assert_eq!(
+            Traffic::of(client.as_fd()),
+            Some(Traffic::default()),
+            "a new connection has carried nothing"
+        );
+        client.write_all(&[7; 3000]).unwrap();
+        let mut got = [0; 3000];
+        server.read_exact(&mut got).unwrap();
+        server.write_all(b"ok").unwrap();
+        let mut ok = [0; 2];
+        client.read_exact(&mut ok).unwrap();
+        let client_side = Traffic::of(client.as_fd()).unwrap();
+        assert_eq!(client_side.received, 2);
+        assert!(client_side.sent >= 3000, "{client_side:?}");
+        assert_eq!(Traffic::of(server.as_fd()).unwrap().received, 3000);
+
+        let file = fs::File::open("/dev/null").unwrap();
+        assert_eq!(Traffic::of(file.as_fd()), None, "not a socket");
+    }
 
     fn openssh_key(cipher: &str) -> String {
         let mut body = b"openssh-key-v1\0".to_vec();
