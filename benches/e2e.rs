@@ -509,7 +509,8 @@ impl Bench {
         let reps = self.opts.reps;
         for rep in 0..reps {
             if scenario == Scenario::FirstSync && rep > 0 {
-                self.cold_start();
+                let dests: Vec<PathBuf> = self.dests.iter().map(|(_, d)| d.clone()).collect();
+                run::cold_start(&self.server, self.mtr_home.path(), &dests);
             }
             let what = self.change(scenario, rep);
             eprintln!("\n[{} {}/{reps}] {what}", scenario.name(), rep + 1);
@@ -535,33 +536,6 @@ impl Bench {
                     }
                 );
                 self.runs.push(run);
-            }
-        }
-    }
-
-    /// Puts every tool back where it stood before its first sync, so that each repetition of
-    /// the first sync is one: no process of the account left (agents, their watchers), no
-    /// remote copy, no agent installed nor its state on the server, no cache of mtr's here.
-    fn cold_start(&self) {
-        self.server.kill_user_processes();
-        let home = self.server.home();
-        for (tool, dest) in &self.dests {
-            fs::remove_dir_all(dest).unwrap_or_else(|e| panic!("remove {}: {e}", dest.display()));
-            self.server.mkdir_remote(tool.name());
-        }
-        let uid = self.uid;
-        let agent_bases = [
-            home.join(".cache/mtr"),
-            PathBuf::from(format!("/dev/shm/mtr-{uid}")),
-            PathBuf::from(format!("/tmp/mtr-{uid}")),
-            self.mtr_home.path().join(".cache"),
-        ];
-        for dir in agent_bases {
-            match fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    panic!("remove {}: {e}", dir.display())
-                }
-                _ => {}
             }
         }
     }

@@ -1,12 +1,15 @@
 //! Running the tools the end-to-end benchmarks measure: where the workspace and its target dir
 //! are, the `mtr` binary to run, one measured run of a command ([`measure`]), and what the
 //! `harness = false` benches do with the arguments `cargo bench` / `cargo test` give them
-//! ([`wanted`]).
+//! ([`wanted`]), and putting a server back where it stood before mtr's first contact
+//! ([`cold_start`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use testkit::sshd::Server;
 
 use super::probe::{self, Sampled, Watch};
 
@@ -202,4 +205,37 @@ pub fn load_average() -> String {
     fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
+}
+
+/// Puts `server` back where it stood before mtr's first contact, so the next sync is a first
+/// sync: no process of the account left (agents, their watchers and helpers), each of
+/// `remote_dirs` (under its home) empty, no agent installed nor its state in any of the
+/// places the agent may live, and no cache of mtr's in `local_home`.
+pub fn cold_start(server: &Server, local_home: &Path, remote_dirs: &[PathBuf]) {
+    server.kill_user_processes();
+    let home = server.home();
+    for dir in remote_dirs {
+        fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
+        let rel = dir
+            .strip_prefix(home)
+            .unwrap_or_else(|_| panic!("{} is not under {}", dir.display(), home.display()));
+        server.mkdir_remote(rel);
+    }
+    let uid = fs::metadata(home)
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or_else(|e| panic!("{}: {e}", home.display()));
+    let state = [
+        home.join(".cache/mtr"),
+        PathBuf::from(format!("/dev/shm/mtr-{uid}")),
+        PathBuf::from(format!("/tmp/mtr-{uid}")),
+        local_home.join(".cache"),
+    ];
+    for dir in state {
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                panic!("remove {}: {e}", dir.display())
+            }
+            _ => {}
+        }
+    }
 }
