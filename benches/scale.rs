@@ -16,11 +16,11 @@
 //! afterwards), each after the first from a cold server (the account's processes killed, the
 //! remote copy, the agent and its state, and mtr's local cache removed), then
 //! `MTR_BENCH_REPS` (default 5) rounds of `ssh host true` (OpenSSH), the no-op
-//! `mtr --sync-only` and `mtr true`, interleaved, medians reported (peak RSS: the highest). Targets (from the issue),
-//! reported as met or missed, never failing the bench: `mtr` and `mtr-agent` each under 150 MB
-//! (10^6 bytes) peak RSS on `100k`; a no-op on `100k` under 1.5x `ssh host true`. Peak RSS is
-//! `VmHWM` (mtr reads files with `pread`, so it is mostly heap); the anonymous part is shown
-//! beside it.
+//! `mtr --sync-only` and `mtr true`, interleaved, medians reported (peak RSS: the highest).
+//! Targets (from the issue), reported as met or missed, never failing the bench: `mtr` and
+//! `mtr-agent` each under 150 MB (10^6 bytes) peak RSS on `100k`; a no-op on `100k` under 1.5x
+//! `ssh host true`. Peak RSS is `VmHWM` (mtr reads files with `pread`, so it is mostly heap);
+//! the anonymous part is shown beside it.
 //!
 //! Other settings as in the e2e bench: `MTR_BENCH_SCALE` (multiplies every count and size; the
 //! targets are judged at scale 1 only), `MTR_BENCH_RATE`, `MTR_BENCH_NET`, `MTR_BENCH_MTR`,
