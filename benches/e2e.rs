@@ -22,7 +22,7 @@
 //!   sync after the first, every tool starts cold: the account's processes are killed, the
 //!   remote copies, the installed agent and its state, and mtr's local cache are removed.
 //! - `MTR_BENCH_RATE` (`1gbit`): the link's `tbf` rate (`100mbit`, any `tc` rate, or `unlimited`
-//!   for an unshaped veth).
+//!   for an unshaped veth); `cargo bench --bench e2e -- --rate 100mbit` says the same (and wins).
 //! - `MTR_BENCH_NET` (`netns`): `loopback` runs sshd on loopback in a private namespace, unshaped
 //!   (also the fallback, announced loudly, when the namespace cannot be made); `shared` on the
 //!   host's loopback (`MTR_BENCH_SHARED_NET=1` means the same).

@@ -329,7 +329,8 @@ pub enum Net {
     Loopback { private: bool, why: String },
 }
 
-/// How the bench wants its network (`MTR_BENCH_NET`, `MTR_BENCH_RATE`).
+/// How the bench wants its network (`MTR_BENCH_NET`; the rate from `--rate R` after `--` on
+/// the bench's command line, else `MTR_BENCH_RATE`).
 #[derive(Clone, Debug)]
 pub struct NetOptions {
     /// `netns` (default), `loopback` (a private namespace with only `lo`) or `shared` (the
@@ -350,14 +351,18 @@ impl NetOptions {
             ["netns", "loopback", "shared"].contains(&mode.as_str()),
             "MTR_BENCH_NET={mode:?}: expected netns, loopback or shared"
         );
-        let rate = match var("MTR_BENCH_RATE") {
+        let arg = crate::run::rate_arg(std::env::args().skip(1));
+        let (source, rate) = match arg {
+            Some(v) => ("--rate", Some(v)),
+            None => ("MTR_BENCH_RATE", var("MTR_BENCH_RATE")),
+        };
+        let rate = match rate {
             None => Some("1gbit".to_owned()),
             Some(v) if ["unlimited", "none", "off"].contains(&v.as_str()) => None,
             Some(v) => {
                 assert!(
                     parse_rate(&v).is_some(),
-                    "MTR_BENCH_RATE={v:?}: expected a tc rate such as 1gbit or 100mbit, or \
-                     unlimited"
+                    "{source} {v:?}: expected a tc rate such as 1gbit or 100mbit, or unlimited"
                 );
                 Some(v)
             }

@@ -46,7 +46,7 @@ pub fn target_dir() -> PathBuf {
 /// criterion: without `--bench` it is a test run and the bench only says it was skipped; `--list`
 /// prints its name; a filter that `name` does not contain skips it.
 pub fn wanted(name: &str) -> bool {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = without_rate(std::env::args().skip(1));
     if args.iter().any(|a| a == "--list") {
         println!("{name}: bench");
         return false;
@@ -61,6 +61,34 @@ pub fn wanted(name: &str) -> bool {
         return false;
     }
     true
+}
+
+/// The value of `--rate R` or `--rate=R` among a bench's arguments (the last one given).
+pub fn rate_arg(args: impl Iterator<Item = String>) -> Option<String> {
+    let mut rate = None;
+    let mut args = args;
+    while let Some(a) = args.next() {
+        if a == "--rate" {
+            rate = args.next();
+        } else if let Some(v) = a.strip_prefix("--rate=") {
+            rate = Some(v.to_owned());
+        }
+    }
+    rate
+}
+
+/// A bench's arguments without `--rate R` / `--rate=R`, so the rate is not taken for a filter.
+fn without_rate(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut args = args;
+    while let Some(a) = args.next() {
+        if a == "--rate" {
+            args.next();
+        } else if !a.starts_with("--rate=") {
+            out.push(a);
+        }
+    }
+    out
 }
 
 /// `explicit` (absolute, or relative to the workspace), or a fresh
@@ -237,5 +265,28 @@ pub fn cold_start(server: &Server, local_home: &Path, remote_dirs: &[PathBuf]) {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> impl Iterator<Item = String> {
+        list.iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn the_rate_is_an_argument_not_a_filter() {
+        let given = ["--bench", "--rate", "100mbit", "e2e"];
+        assert_eq!(rate_arg(args(&given)).as_deref(), Some("100mbit"));
+        assert_eq!(without_rate(args(&given)), ["--bench", "e2e"]);
+        let given = ["--rate=10mbit", "--bench"];
+        assert_eq!(rate_arg(args(&given)).as_deref(), Some("10mbit"));
+        assert_eq!(without_rate(args(&given)), ["--bench"]);
+        assert_eq!(rate_arg(args(&["--bench"])), None);
     }
 }
