@@ -2071,13 +2071,10 @@ impl Sink {
                 // over the batch's own writes: wait for it, and keep what it wrote right.
                 p.copies.wait();
                 let written = p.copies.written.lock().expect("prefill lock");
-                let received = p.copies.received.lock().expect("prefill lock");
-                for (off, c) in &at {
-                    if written.get(off) == Some(c) {
-                        filled.insert(*off);
-                        if !received.contains(off) {
-                            self.stats.bytes_copied_locally += u64::from(c.1);
-                        }
+                for (&off, &c) in &at {
+                    if let Some(copied) = prefilled_at(&written, off, c) {
+                        filled.insert(off);
+                        self.stats.bytes_copied_locally += copied;
                     }
                 }
             }
@@ -2461,26 +2458,46 @@ impl Prefilled {
     }
 }
 
-/// What the prefill copies of one file wrote (chunk start -> (hash, length)), and how many of
-/// its jobs are still to run: a batch waits for its own files' copies only.
+/// What the prefill of one file holds (chunk start -> what is there), and how many of its
+/// copy jobs are still to run: a batch waits for its own files' copies only.
 #[derive(Default)]
 struct PrefillCopies {
-    written: Mutex<HashMap<u64, (Hash, u32)>>,
-    /// The chunks of `written` that came from the source ([`Sink::prefill_data`], or to an
-    /// interrupted session), not copied.
-    received: Mutex<HashSet<u64>>,
+    written: Mutex<HashMap<u64, Written>>,
     queued: Mutex<usize>,
     idle: std::sync::Condvar,
+}
+
+/// A chunk a prefill holds, and whether the source sent it ([`Sink::prefill_data`], or to an
+/// interrupted session) rather than the prefill thread copying it here.
+#[derive(Clone, Copy)]
+struct Written {
+    hash: Hash,
+    len: u32,
+    received: bool,
+}
+
+/// The bytes the prefill's copies saved by holding chunk `want` (hash, length) at `off`: its
+/// length if copied here, 0 if the source sent it; `None` if it is not there.
+fn prefilled_at(written: &HashMap<u64, Written>, off: u64, want: (Hash, u32)) -> Option<u64> {
+    let w = written.get(&off).filter(|w| (w.hash, w.len) == want)?;
+    Some(if w.received { 0 } else { u64::from(w.len) })
 }
 
 impl PrefillCopies {
     /// Chunk `c` is at `off`, sent by the source (to this session or an interrupted one).
     fn arrived(&self, off: u64, c: &ChunkSpec) {
-        self.written
-            .lock()
-            .expect("prefill lock")
-            .insert(off, (c.hash, c.len));
-        self.received.lock().expect("prefill lock").insert(off);
+        let w = Written {
+            hash: c.hash,
+            len: c.len,
+            received: true,
+        };
+        self.written.lock().expect("prefill lock").insert(off, w);
+    }
+
+    /// Whether it holds a chunk the source sent.
+    fn any_received(&self) -> bool {
+        let written = self.written.lock().expect("prefill lock");
+        written.values().any(|w| w.received)
     }
 
     fn queued(&self, change: isize) {
@@ -2654,7 +2671,7 @@ impl Prefills {
     fn discard(&mut self, keep_received: bool) {
         self.finish();
         for (path, p) in self.files.drain() {
-            if keep_received && !p.copies.received.lock().expect("prefill lock").is_empty() {
+            if keep_received && p.copies.any_received() {
                 log::debug!("sink: the prefill of {path} is kept for the next sync");
                 continue;
             }
@@ -2672,18 +2689,14 @@ fn prefill_misses(staged: &[Staged]) -> (Vec<(usize, u64, Hash)>, u64) {
             continue;
         };
         let written = check.copies.written.lock().expect("prefill lock");
-        let received = check.copies.received.lock().expect("prefill lock");
         for &off in &check.offsets {
             let Ok(i) = s.starts.binary_search(&off) else {
                 continue;
             };
             let c = &s.chunks[i];
-            if written.get(&off) == Some(&(c.hash, c.len)) {
-                if !received.contains(&off) {
-                    copied += u64::from(c.len);
-                }
-            } else {
-                missed.push((idx, off, c.hash));
+            match prefilled_at(&written, off, (c.hash, c.len)) {
+                Some(bytes) => copied += bytes,
+                None => missed.push((idx, off, c.hash)),
             }
         }
     }
@@ -2714,7 +2727,14 @@ fn prefill_copies(jobs: std::sync::mpsc::Receiver<PrefillJob>) {
                 Ok(true) => {
                     bytes += run.len;
                     let mut w = copies.written.lock().expect("prefill lock");
-                    w.extend(run.chunks.into_iter().map(|(o, h, l)| (o, (h, l))));
+                    w.extend(run.chunks.into_iter().map(|(o, hash, len)| {
+                        let copied = Written {
+                            hash,
+                            len,
+                            received: false,
+                        };
+                        (o, copied)
+                    }));
                 }
                 Ok(false) => {}
                 Err(e) => {
