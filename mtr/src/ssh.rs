@@ -188,14 +188,14 @@ impl Ssh {
         session.set_timeout(millis(AUTH_TIMEOUT));
         authenticate(&session, opts, &display)?;
         session.set_timeout(0);
-        // SAFETY: the session owns the stream it was given above and keeps it open.
-        let at_auth = Traffic::of(unsafe { BorrowedFd::borrow_raw(session.as_raw_fd()) });
         log::debug!("{display}: authenticated");
-        Ok(Ssh {
+        let mut ssh = Ssh {
             session,
             display,
-            at_auth,
-        })
+            at_auth: None,
+        };
+        ssh.at_auth = Traffic::of(ssh.socket());
+        Ok(ssh)
     }
 
     /// `user@host:port`, for messages.
